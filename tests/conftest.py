@@ -1,0 +1,96 @@
+"""Shared fixtures: tiny random models saved as local folders (no downloads), real-data locations."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+GLUE_DIR = Path(os.environ.get("BITFIT_TEST_GLUE_DIR", REPO.parent / "shared" / "glue_data"))
+
+WORDS = ("the a an is was are not no yes good bad movie film man woman dog cat ran sat on in of to and "
+         "it this that he she they we you i what who . , ! ? ' - great awful boring fun").split()
+
+
+def needs_glue(task_folder: str = ""):
+    """Skip (with the reason) when the real GLUE data is absent; CI has it at ../shared/glue_data."""
+    path = GLUE_DIR / task_folder
+    return pytest.mark.skipif(not path.exists(), reason=f"real GLUE data not found at {path}")
+
+
+def write_bert_tokenizer(folder: Path):
+    from transformers import BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
+    tok.save_pretrained(folder)
+    return tok
+
+
+def write_roberta_tokenizer(folder: Path):
+    from transformers import RobertaTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])}
+    for ch in _byte_level_alphabet():
+        vocab.setdefault(ch, len(vocab))
+    tok = RobertaTokenizerFast(vocab=vocab, merges=[])
+    tok.save_pretrained(folder)
+    return tok
+
+
+def _byte_level_alphabet() -> list[str]:
+    """GPT-2's byte-to-unicode table: the 256 symbols a byte-level BPE vocabulary starts from."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def tiny_config(arch: str = "bert", **kw):
+    from transformers import BertConfig, RobertaConfig
+
+    common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                  max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    common.update(kw)
+    if arch == "bert":
+        return BertConfig(vocab_size=100, **common)
+    if arch == "roberta":
+        return RobertaConfig(vocab_size=300, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                             max_position_embeddings=70, **{k: v for k, v in common.items() if k != "max_position_embeddings"})
+    raise ValueError(arch)
+
+
+def make_tiny_model_dir(folder: Path, arch: str = "bert", seed: int = 0) -> Path:
+    """Save a random tiny encoder (base model weights only, like a hub checkpoint) plus tokenizer."""
+    from transformers import AutoModel
+
+    torch.manual_seed(seed)
+    (write_bert_tokenizer if arch == "bert" else write_roberta_tokenizer)(folder)
+    AutoModel.from_config(tiny_config(arch)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_bert"), "bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_dir(tmp_path_factory) -> Path:
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny_roberta"), "roberta")
+
+
+def tiny_classifier(arch: str = "bert", num_labels: int = 2, seed: int = 0):
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_config(tiny_config(arch, num_labels=num_labels))
