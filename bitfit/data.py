@@ -1,0 +1,191 @@
+"""GLUE data: from a folder in the original GLUE TSV layout, or from the datasets hub.
+
+    >>> from bitfit.tasks import get_task
+    >>> ds = load_glue(get_task("rte"), "../shared/glue_data")
+    >>> ds["train"][0]["texts"], ds["train"][0]["label"]
+
+Each split is a list of ``Example`` (texts, label id / score or None, index). Readers follow GLUE's
+processors: tab-separated, no quoting, text and label taken by column position, the label from the
+last column where GLUE does (so RTE's train row with an extra tab is read as GLUE reads it).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from .errors import UserError
+from .tasks import GlueTask, Split
+
+log = logging.getLogger(__name__)
+csv.field_size_limit(sys.maxsize)
+
+
+@dataclass
+class Example:
+    texts: tuple[str, ...]
+    label: int | float | None  # class id, STS-B score, or None for test rows
+    index: str  # GLUE's index column (test rows), or the row number
+
+
+# ----------------------------------------------------------------------------- local TSV files
+
+
+def read_tsv(path: Path, task: GlueTask, test: bool) -> list[Example]:
+    """Read one GLUE TSV file; errors name the file, line and what was expected."""
+    header = True if test else task.header
+    text_cols = task.test_text_columns if test else task.text_columns
+    need = max(text_cols) + 1
+    if not test:
+        need = max(need, task.label_column + 1 if task.label_column >= 0 else 1)
+    label_ids = {name: i for i, name in enumerate(task.labels)} if task.labels else None
+    examples: list[Example] = []
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            for lineno, row in enumerate(csv.reader(f, delimiter="\t", quotechar=None), start=1):
+                if header and lineno == 1:
+                    continue
+                if not row or row == [""]:
+                    continue
+                if len(row) < need:
+                    raise UserError(f"{path}:{lineno}: expected at least {need} tab-separated columns, found {len(row)}")
+                texts = tuple(row[c] for c in text_cols)
+                if test:
+                    examples.append(Example(texts, None, row[0]))
+                    continue
+                raw = row[task.label_column].strip()
+                if label_ids is None:
+                    try:
+                        label: int | float = float(raw)
+                    except ValueError:
+                        raise UserError(f"{path}:{lineno}: label {raw!r} is not a number (STS-B scores are 0-5)") from None
+                else:
+                    if raw not in label_ids:
+                        raise UserError(f"{path}:{lineno}: unknown label {raw!r}; accepted: {', '.join(task.labels)}")
+                    label = label_ids[raw]
+                examples.append(Example(texts, label, str(len(examples))))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    return examples
+
+
+def _split_path(data_dir: Path, task: GlueTask, split: Split | None) -> Path:
+    folder = data_dir / (split.folder if split and split.folder else task.glue_name)
+    return folder / (split.tsv if split else "train.tsv")
+
+
+def load_local(task: GlueTask, data_dir: str | os.PathLike, with_test: bool) -> dict[str, list[Example]]:
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise UserError(f"data dir {str(root)!r} is not a folder; expected the GLUE layout, e.g. {root / task.glue_name / 'train.tsv'}")
+    wanted: list[tuple[str, Split | None, bool]] = [("train", None, False)]
+    wanted += [(s.name, s, False) for s in task.dev_splits]
+    if with_test:
+        wanted += [(s.name, s, True) for s in task.test_splits]
+    out: dict[str, list[Example]] = {}
+    for name, split, test in wanted:
+        path = _split_path(root, task, split)
+        if not path.is_file():
+            if split is not None and split.folder:  # the diagnostic set is optional
+                log.warning("%s not found: skipping %s", path, split.submission)
+                continue
+            raise UserError(f"data dir {str(root)!r} has no {path.relative_to(root)} for task {task.glue_name}")
+        out[name] = read_tsv(path, task, test)
+    return out
+
+
+# ----------------------------------------------------------------------------- the datasets hub
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """True if the Hugging Face endpoint answers a TCP connect within ``timeout`` seconds."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def load_hub(task: GlueTask, with_test: bool) -> dict[str, list[Example]]:
+    if not hub_offline() and not hub_reachable():
+        raise UserError(
+            f"cannot reach the Hugging Face hub to download GLUE {task.glue_name}; pass --data-dir "
+            "(or set $GLUE_DIR) to a folder in the GLUE TSV layout, or set HF_DATASETS_OFFLINE=1 to use a cached copy")
+    import datasets
+
+    def convert(config: str, split: str, test: bool) -> list[Example]:
+        ds = datasets.load_dataset("nyu-mll/glue", config, split=split)
+        names = ds.features["label"].names if hasattr(ds.features["label"], "names") else None
+        remap = {i: task.labels.index(n) for i, n in enumerate(names)} if (names and task.labels) else None
+        out = []
+        for i, row in enumerate(ds):
+            texts = tuple(row[f] for f in task.hub_text_fields)
+            label = None if test else (remap[row["label"]] if remap else float(row["label"]))
+            out.append(Example(texts, label, str(row.get("idx", i))))
+        return out
+
+    try:
+        splits = {"train": convert(task.name, "train", False)}
+        splits |= {s.name: convert(task.name, s.hub_split, False) for s in task.dev_splits}
+        if with_test:
+            splits |= {s.name: convert(s.hub_config or task.name, s.hub_split, True) for s in task.test_splits}
+    except (ConnectionError, OSError) as e:
+        raise UserError(f"could not load GLUE {task.glue_name} from the hub ({e.__class__.__name__}); pass --data-dir") from None
+    return splits
+
+
+def load_glue(task: GlueTask, data_dir: str | None, with_test: bool = False) -> dict[str, list[Example]]:
+    """All splits of a task: train, each dev split, and (``with_test``) each test split."""
+    splits = load_local(task, data_dir, with_test) if data_dir else load_hub(task, with_test)
+    if not splits["train"]:
+        raise UserError(f"the training set of {task.glue_name} is empty" + (f" ({_split_path(Path(data_dir), task, None)})" if data_dir else ""))
+    return splits
+
+
+# ----------------------------------------------------------------------------- tokenization and batches
+
+
+class Encoded(torch.utils.data.Dataset):
+    """A tokenized split: token id lists (unpadded) plus labels; padding happens per batch."""
+
+    def __init__(self, features: list[dict], labels: list | None):
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.features[i])
+        if self.labels is not None:
+            item["labels"] = self.labels[i]
+        return item
+
+    def lengths(self) -> list[int]:
+        return [len(f["input_ids"]) for f in self.features]
+
+
+def encode(examples: list[Example], tokenizer, max_length: int, regression: bool) -> Encoded:
+    """Tokenize a split once (fast tokenizer, batched), truncated to ``max_length``, not padded."""
+    columns = list(zip(*(e.texts for e in examples))) if examples else [()]
+    enc = tokenizer(*[list(c) for c in columns], truncation=True, max_length=max_length, padding=False)
+    keys = list(enc.keys())
+    features = [{k: enc[k][i] for k in keys} for i in range(len(examples))]
+    labels = None
+    if examples and examples[0].label is not None:
+        labels = [float(e.label) if regression else int(e.label) for e in examples]
+    return Encoded(features, labels)

