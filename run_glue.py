@@ -26,7 +26,7 @@ class OneLineErrors(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     h, d = RunConfig.help, RunConfig.default
-    p = OneLineErrors(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = OneLineErrors(prog="run_glue.py", description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--output-path", "-o", required=True, help=h("output_path"))
     p.add_argument("--task-name", "-t", required=True, help=h("task_name"))
     p.add_argument("--model-name", "-m", default=d("model_name"), help=h("model_name"))
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-length", type=int, default=d("max_seq_length"), help=h("max_seq_length"))
     p.add_argument("--max-train-samples", type=int, default=None, help=h("max_train_samples"))
     p.add_argument("--max-eval-samples", type=int, default=None, help=h("max_eval_samples"))
+    p.add_argument("--max-predict-samples", type=int, default=None, help=h("max_predict_samples"))
     p.add_argument("--data-dir", default=None, help=h("data_dir"))
     p.add_argument("--eval-train", action="store_true", help=h("eval_train"))
     p.add_argument("--predict-test", action="store_true", help=h("predict_test"))
@@ -69,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # -h, or a bad flag (already reported on one line)
+        return int(e.code or 0)
     try:
         cfg = RunConfig(**vars(args))
         from bitfit.train import run

@@ -58,6 +58,7 @@ class RunConfig:
     max_seq_length: int = _f(128, "truncate inputs to this many tokens (batches are padded only to their longest)")
     max_train_samples: int | None = _f(None, "use only the first N training examples")
     max_eval_samples: int | None = _f(None, "use only the first N examples of each dev split")
+    max_predict_samples: int | None = _f(None, "predict only the first N test examples (for quick checks; not a valid submission)")
     data_dir: str | None = _f(None, "folder in the original GLUE TSV layout (default: $GLUE_DIR, else the datasets hub)")
     eval_train: bool = _f(False, "also evaluate on the training set after every epoch")
     predict_test: bool = _f(False, "write GLUE submission files for the test split(s) from the best epoch")
@@ -82,7 +83,7 @@ class RunConfig:
         _int_range("eval batch size", self.eval_batch_size, 1, 1 << 20)
         _int_range("grad accum", self.grad_accum, 1, 1 << 20)
         _int_range("max seq length", self.max_seq_length, 8, 1 << 20)
-        for name in ("max_train_samples", "max_eval_samples", "rand_budget"):
+        for name in ("max_train_samples", "max_eval_samples", "max_predict_samples", "rand_budget"):
             value = getattr(self, name)
             if value is not None:
                 _int_range(name.replace("_", " "), value, 1, 1 << 62)

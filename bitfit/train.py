@@ -172,12 +172,15 @@ def run(cfg: RunConfig) -> dict:
     splits["train"] = _subset(splits["train"], cfg.max_train_samples)
     for s in task.dev_splits:
         splits[s.name] = _subset(splits[s.name], cfg.max_eval_samples)
-    accelerator = make_accelerator(cfg)
+    for s in task.test_splits:
+        if s.name in splits:
+            splits[s.name] = _subset(splits[s.name], cfg.max_predict_samples)
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model_name)
     model, fresh = load_model(cfg.model_name, task)
+    accelerator = make_accelerator(cfg)
     encoded = {name: encode(ex, tokenizer, cfg.max_seq_length, task.is_regression) for name, ex in splits.items()}
     collate = collator(tokenizer)
     if cfg.layers is not None:
