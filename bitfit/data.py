@@ -39,10 +39,10 @@ class Example:
 # ----------------------------------------------------------------------------- local TSV files
 
 
-def read_tsv(path: Path, task: GlueTask, test: bool) -> list[Example]:
+def read_tsv(path: Path, task: GlueTask, test: bool, text_columns: tuple[int, ...] | None = None) -> list[Example]:
     """Read one GLUE TSV file; errors name the file, line and what was expected."""
     header = True if test else task.header
-    text_cols = task.test_text_columns if test else task.text_columns
+    text_cols = text_columns or (task.test_text_columns if test else task.text_columns)
     need = max(text_cols) + 1
     if not test:
         need = max(need, task.label_column + 1 if task.label_column >= 0 else 1)
@@ -98,7 +98,7 @@ def load_local(task: GlueTask, data_dir: str | os.PathLike, with_test: bool) -> 
                 log.warning("%s not found: skipping %s", path, split.submission)
                 continue
             raise UserError(f"data dir {str(root)!r} has no {path.relative_to(root)} for task {task.glue_name}")
-        out[name] = read_tsv(path, task, test)
+        out[name] = read_tsv(path, task, test, split.text_columns if split else None)
     return out
 
 

@@ -26,6 +26,7 @@ class Split:
     submission: str | None = None  # GLUE submission file name for test splits, e.g. "MNLI-m.tsv"
     folder: str | None = None  # a different GLUE folder (the diagnostic set lives in "diagnostic")
     hub_config: str | None = None  # a different nyu-mll/glue config ("ax")
+    text_columns: tuple[int, ...] | None = None  # TSV text columns, if not the task's (the diagnostic set's)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ TASKS: dict[str, GlueTask] = {
                   Split("dev_mismatched", "dev_mismatched.tsv", "validation_mismatched")),
                  (Split("test_matched", "test_matched.tsv", "test_matched", "MNLI-m.tsv"),
                   Split("test_mismatched", "test_mismatched.tsv", "test_mismatched", "MNLI-mm.tsv"),
-                  Split("ax", "diagnostic.tsv", "test", "AX.tsv", folder="diagnostic", hub_config="ax"))),
+                  Split("ax", "diagnostic.tsv", "test", "AX.tsv", folder="diagnostic", hub_config="ax",
+                        text_columns=(1, 2)))),
         GlueTask("qnli", "QNLI", ("entailment", "not_entailment"), (1, 2), -1, (1, 2),
                  ("question", "sentence"), ("accuracy",), _DEV, _test("QNLI.tsv")),
         GlueTask("rte", "RTE", ("entailment", "not_entailment"), (1, 2), -1, (1, 2),

@@ -76,6 +76,9 @@ def make_accelerator(cfg: RunConfig):
         torch.cuda.set_device(cfg.gpu_device)
     if cfg.precision == "fp16" and not cuda:
         raise UserError("precision 'fp16' needs a CUDA GPU; accepted on the CPU: fp32, bf16")
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # a second run() in one process may use another precision; keeps the process group
     accelerator = Accelerator(cpu=cfg.cpu or not cuda, mixed_precision="no" if cfg.precision == "fp32" else cfg.precision,
                               gradient_accumulation_steps=cfg.grad_accum)
     if accelerator.device.type == "cpu" and accelerator.is_main_process:
@@ -188,9 +191,8 @@ def run(cfg: RunConfig) -> dict:
     sel = policies.select(model, cfg, probe=make_probe(encoded["train"], collate, cfg))
     guard = policies.apply(model, sel)
     params = [p for p in model.parameters() if p.requires_grad]
-    trainable = sum(p.numel() if sel.trainable.get(n) is None else int(sel.trainable[n].sum())
-                    for n, p in model.named_parameters() if n in sel.trainable)
-    total = sum(p.numel() for p in model.parameters())
+    counts = policies.trainable_counts(model, sel)
+    trainable, total = counts["trained"], counts["total"]
     if accelerator.is_main_process:
         log.info("fine-tune type %s on %s (%s)\n%s", cfg.fine_tune_type, task.glue_name, cfg.model_name,
                  policies.trainable_table(model, sel))
@@ -284,11 +286,16 @@ def run(cfg: RunConfig) -> dict:
         "best_metrics": {r["split"]: {m: r[m] for m in task.metrics} | {"loss": r["loss"]} for r in best["rows"]},
         "trainable_params": trainable, "total_params": total,
         "trainable_percent": 100 * trainable / total,
+        "trainable_params_encoder": counts["trained_encoder"], "trainable_params_in_layers": counts["trained_in_layers"],
         "epochs": cfg.epochs, "train_samples": train_samples, "train_seconds": round(train_time, 3),
         "train_samples_per_second": train_samples / train_time if train_time else None,
         "peak_memory_mb": round(peak_memory_mb(accelerator.device), 1),
         "device": str(accelerator.device),
     }
+    if sel.masked:
+        from .sparse import achieved_sparsity
+
+        results["achieved_sparsity"] = achieved_sparsity(unwrapped)
     if accelerator.is_main_process:
         save_delta(out / "delta.safetensors", unwrapped, sel, fresh, cfg, task, best["epoch"])
     for split in task.test_splits:

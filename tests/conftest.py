@@ -94,3 +94,12 @@ def tiny_classifier(arch: str = "bert", num_labels: int = 2, seed: int = 0):
 
     torch.manual_seed(seed)
     return AutoModelForSequenceClassification.from_config(tiny_config(arch, num_labels=num_labels))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Tiny models gain nothing from threads, and oversubscribed cores make them crawl."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

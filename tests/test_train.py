@@ -1,0 +1,116 @@
+"""The training loop through the Python API: MNLI's splits and AX, precision, accumulation, schedule."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from bitfit.config import RunConfig
+from bitfit.errors import UserError
+from bitfit.train import EpochBatches, make_scheduler, run
+from conftest import WORDS
+from test_cli import make_glue_dir, read_jsonl
+
+MNLI_LABELS = ["contradiction", "entailment", "neutral"]
+
+
+def make_mnli_dir(root: Path, n: int = 24) -> Path:
+    """MNLI's real column layout: 12 columns in train, 16 in dev (5 annotator labels + gold), 10 in test."""
+    rng = random.Random(0)
+    sent = lambda: " ".join(rng.choice(WORDS[:30]) for _ in range(rng.randint(3, 9)))  # noqa: E731
+    (root / "MNLI").mkdir(parents=True)
+    (root / "diagnostic").mkdir()
+    parses = "\t".join(["(p)"] * 4)
+    train = ["index\tpromptID\tpairID\tgenre\ts1_bp\ts2_bp\ts1_p\ts2_p\tsentence1\tsentence2\tlabel1\tgold_label"]
+    train += [f"{i}\t{i}\t{i}e\tfiction\t{parses}\t{sent()}\t{sent()}\tx\t{rng.choice(MNLI_LABELS)}" for i in range(n)]
+    (root / "MNLI" / "train.tsv").write_text("\n".join(train) + "\n")
+    for split in ("dev_matched", "dev_mismatched"):
+        rows = ["index\tpromptID\tpairID\tgenre\ts1_bp\ts2_bp\ts1_p\ts2_p\tsentence1\tsentence2\tl1\tl2\tl3\tl4\tl5\tgold_label"]
+        rows += [f"{i}\t{i}\t{i}e\tfiction\t{parses}\t{sent()}\t{sent()}\tx\tx\tx\tx\tx\t{rng.choice(MNLI_LABELS)}"
+                 for i in range(n // 2)]
+        (root / "MNLI" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    for split, count in (("test_matched", 7), ("test_mismatched", 5)):
+        rows = ["index\tpromptID\tpairID\tgenre\ts1_bp\ts2_bp\ts1_p\ts2_p\tsentence1\tsentence2"]
+        rows += [f"{i}\t{i}\t{i}e\tfiction\t{parses}\t{sent()}\t{sent()}" for i in range(count)]
+        (root / "MNLI" / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    (root / "diagnostic" / "diagnostic.tsv").write_text(
+        "index\tsentence1\tsentence2\n" + "\n".join(f"{i}\t{sent()}\t{sent()}" for i in range(4)) + "\n")
+    return root
+
+
+def cfg(out, model, data, **kw) -> RunConfig:
+    base = dict(output_path=str(out), task_name="rte", model_name=str(model), data_dir=str(data), epochs=1,
+                verbose=False, learning_rate=1e-3)
+    return RunConfig(**(base | kw))
+
+
+def test_mnli_reports_both_dev_splits_and_writes_m_mm_and_ax(tmp_path, tiny_bert_dir):
+    data = make_mnli_dir(tmp_path / "glue")
+    results = run(cfg(tmp_path / "run", tiny_bert_dir, data, task_name="MNLI", fine_tune_type="bitfit",
+                      predict_test=True, epochs=2))
+    assert set(results["best_metrics"]) == {"dev_matched", "dev_mismatched"}
+    splits = [m["split"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
+    assert splits == ["train", "dev_matched", "dev_mismatched"] * 2
+    for name, rows in (("MNLI-m.tsv", 7), ("MNLI-mm.tsv", 5), ("AX.tsv", 4)):
+        lines = (tmp_path / "run" / name).read_text().splitlines()
+        assert lines[0] == "index\tprediction" and len(lines) == rows + 1
+        assert {l.split("\t")[1] for l in lines[1:]} <= set(MNLI_LABELS)
+
+
+def test_grad_accum_equals_the_larger_batch(tmp_path, tiny_bert_dir):
+    data = make_glue_dir(tmp_path / "glue")
+    big = run(cfg(tmp_path / "b8", tiny_bert_dir, data, fine_tune_type="full_ft", batch_size=8, epochs=2))
+    acc = run(cfg(tmp_path / "b4x2", tiny_bert_dir, data, fine_tune_type="full_ft", batch_size=4, grad_accum=2, epochs=2))
+    a = read_jsonl(tmp_path / "b8" / "metrics.jsonl")
+    b = read_jsonl(tmp_path / "b4x2" / "metrics.jsonl")
+    for x, y in zip(a, b):
+        if x["split"] == "dev":
+            assert x["loss"] == pytest.approx(y["loss"], rel=1e-4)
+    assert big["best_main_metric"] == acc["best_main_metric"]
+
+
+def test_bf16_autocast_runs_on_cpu_and_keeps_trainable_params_fp32(tmp_path, tiny_bert_dir):
+    data = make_glue_dir(tmp_path / "glue")
+    run(cfg(tmp_path / "run", tiny_bert_dir, data, precision="bf16", fine_tune_type="bitfit"))
+    from safetensors.torch import load_file
+
+    delta = load_file(tmp_path / "run" / "delta.safetensors")
+    assert all(t.dtype == torch.float32 for t in delta.values())
+
+
+def test_fp16_without_a_gpu_is_refused_before_writing(tmp_path, tiny_bert_dir):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: fp16 is allowed")
+    with pytest.raises(UserError, match="precision 'fp16' needs a CUDA GPU"):
+        run(cfg(tmp_path / "run", tiny_bert_dir, make_glue_dir(tmp_path / "glue"), precision="fp16"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_epoch_batches_cover_everything_once_and_depend_only_on_seed_and_epoch():
+    s = EpochBatches(10, 4, seed=3)
+    s.set_epoch(1)
+    first = list(s)
+    assert [len(b) for b in first] == [4, 4, 2] and sorted(i for b in first for i in b) == list(range(10))
+    again = EpochBatches(10, 4, seed=3)
+    again.set_epoch(1)
+    assert list(again) == first
+    s.set_epoch(2)
+    assert list(s) != first
+
+
+def test_schedules():
+    p = torch.nn.Parameter(torch.zeros(1))
+    for name, warmup, lrs in (("constant", 0.0, [1.0] * 4), ("constant", 0.5, [0.0, 0.5, 1.0, 1.0]),
+                              ("linear", 0.0, [1.0, 0.75, 0.5, 0.25])):
+        opt = torch.optim.AdamW([p], lr=1.0)
+        sched = make_scheduler(RunConfig(output_path="x", task_name="rte", scheduler=name, warmup_ratio=warmup), opt, 4)
+        seen = []
+        for _ in range(4):
+            seen.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+        assert seen == pytest.approx(lrs), name
