@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-grad-norm", type=float, default=d("max_grad_norm"), help=h("max_grad_norm"))
     p.add_argument("--precision", default=d("precision"), choices=PRECISIONS, help=h("precision"))
     p.add_argument("--max-seq-length", type=int, default=d("max_seq_length"), help=h("max_seq_length"))
+    p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=d("group_by_length"),
+                   help=h("group_by_length"))
     p.add_argument("--max-train-samples", type=int, default=None, help=h("max_train_samples"))
     p.add_argument("--max-eval-samples", type=int, default=None, help=h("max_eval_samples"))
     p.add_argument("--max-predict-samples", type=int, default=None, help=h("max_predict_samples"))

@@ -56,6 +56,7 @@ class RunConfig:
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables)")
     precision: str = _f("fp32", "fp32, bf16 or fp16 autocast; trainable parameters and optimizer state stay fp32")
     max_seq_length: int = _f(128, "truncate inputs to this many tokens (batches are padded only to their longest)")
+    group_by_length: bool = _f(True, "batch training examples of similar length together (less padding; Hugging Face's group_by_length)")
     max_train_samples: int | None = _f(None, "use only the first N training examples")
     max_eval_samples: int | None = _f(None, "use only the first N examples of each dev split")
     max_predict_samples: int | None = _f(None, "predict only the first N test examples (for quick checks; not a valid submission)")

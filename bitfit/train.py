@@ -39,10 +39,17 @@ PROBE_LR = 2e-5
 
 
 class EpochBatches(torch.utils.data.Sampler):
-    """Shuffled batches of indices, a fresh permutation each epoch drawn from (seed, epoch) alone."""
+    """Shuffled batches of indices, a fresh order each epoch drawn from (seed, epoch) alone.
 
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
+    With ``lengths``, batches are length-grouped as Hugging Face's ``group_by_length`` does: the
+    shuffled order is cut into mega-batches of ``MEGA`` batches, each sorted by length, then cut
+    into batches whose order is shuffled again; padding per batch then costs little.
+    """
+
+    MEGA = 50
+
+    def __init__(self, n: int, batch_size: int, seed: int, lengths: list[int] | None = None):
+        self.n, self.batch_size, self.seed, self.epoch, self.lengths = n, batch_size, seed, 0, lengths
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -50,8 +57,14 @@ class EpochBatches(torch.utils.data.Sampler):
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=g).tolist()
-        for i in range(0, self.n, self.batch_size):
-            yield order[i:i + self.batch_size]
+        if self.lengths is not None:
+            mega = self.MEGA * self.batch_size
+            order = [i for k in range(0, self.n, mega)
+                     for i in sorted(order[k:k + mega], key=lambda j: -self.lengths[j])]
+        batches = [order[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)]
+        if self.lengths is not None:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        yield from batches
 
     def __len__(self) -> int:
         return math.ceil(self.n / self.batch_size)
@@ -210,7 +223,8 @@ def run(cfg: RunConfig) -> dict:
                                             "environment": io.environment()})
 
     # ---- data loaders, optimizer, schedule
-    sampler = EpochBatches(len(encoded["train"]), cfg.batch_size, cfg.seed)
+    sampler = EpochBatches(len(encoded["train"]), cfg.batch_size, cfg.seed,
+                           lengths=encoded["train"].lengths() if cfg.group_by_length else None)
     train_dl = torch.utils.data.DataLoader(encoded["train"], batch_sampler=sampler, collate_fn=collate)
     eval_names = [s.name for s in task.dev_splits] + (["train"] if cfg.eval_train else [])
     eval_dls = {n: torch.utils.data.DataLoader(encoded[n], batch_size=cfg.eval_batch_size, collate_fn=collate)

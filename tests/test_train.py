@@ -63,8 +63,10 @@ def test_mnli_reports_both_dev_splits_and_writes_m_mm_and_ax(tmp_path, tiny_bert
 
 def test_grad_accum_equals_the_larger_batch(tmp_path, tiny_bert_dir):
     data = make_glue_dir(tmp_path / "glue")
-    big = run(cfg(tmp_path / "b8", tiny_bert_dir, data, fine_tune_type="full_ft", batch_size=8, epochs=2))
-    acc = run(cfg(tmp_path / "b4x2", tiny_bert_dir, data, fine_tune_type="full_ft", batch_size=4, grad_accum=2, epochs=2))
+    big = run(cfg(tmp_path / "b8", tiny_bert_dir, data, fine_tune_type="full_ft", batch_size=8, epochs=2,
+              group_by_length=False))
+    acc = run(cfg(tmp_path / "b4x2", tiny_bert_dir, data, fine_tune_type="full_ft", batch_size=4, grad_accum=2, epochs=2,
+              group_by_length=False))
     a = read_jsonl(tmp_path / "b8" / "metrics.jsonl")
     b = read_jsonl(tmp_path / "b4x2" / "metrics.jsonl")
     for x, y in zip(a, b):
@@ -114,3 +116,21 @@ def test_schedules():
             opt.step()
             sched.step()
         assert seen == pytest.approx(lrs), name
+
+
+def test_length_grouped_batches_are_a_seeded_partition_with_little_padding():
+    import random as r
+
+    lengths = [r.Random(i).randint(5, 120) for i in range(1000)]
+    s = EpochBatches(1000, 8, seed=0, lengths=lengths)
+    s.set_epoch(1)
+    batches = list(s)
+    assert sorted(i for b in batches for i in b) == list(range(1000)) and len(batches) == len(s) == 125
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    plain = EpochBatches(1000, 8, seed=0)
+    plain.set_epoch(1)
+    padded_plain = sum(max(lengths[i] for i in b) * len(b) for b in plain)
+    assert padded < 0.7 * padded_plain  # tokens processed, padding included
+    again = EpochBatches(1000, 8, seed=0, lengths=lengths)
+    again.set_epoch(1)
+    assert list(again) == batches
