@@ -134,3 +134,52 @@ def test_length_grouped_batches_are_a_seeded_partition_with_little_padding():
     again = EpochBatches(1000, 8, seed=0, lengths=lengths)
     again.set_epoch(1)
     assert list(again) == batches
+
+
+POLICY_RUNS = {
+    "bitfit": {}, "frozen": {}, "full_ft": {},
+    "bitfit q+i last layer": {"fine_tune_type": "bitfit", "bias_terms": ["query", "intermediate"], "layers": ["last:1"]},
+    "rand_uniform": {"rand_budget": 500}, "rand_row_col": {}, "layers": {"layers": ["auto:1"]},
+    "sparse_mask": {"mask_sparsity": 0.2},
+}
+
+
+@pytest.mark.parametrize("case", list(POLICY_RUNS))
+def test_every_policy_runs_end_to_end_and_its_delta_rebuilds_the_model(case, tmp_path, tiny_bert_dir):
+    """Train, then rebuild the best model from base + delta alone: same dev predictions as the run."""
+    from safetensors.torch import load_file
+
+    from bitfit import policies
+    from bitfit.models import load_model
+    from bitfit.tasks import get_task
+
+    kw = {"fine_tune_type": case} | POLICY_RUNS[case]
+    data = make_glue_dir(tmp_path / "glue")
+    results = run(cfg(tmp_path / "run", tiny_bert_dir, data, epochs=2, **kw))
+    assert results["trainable_params"] > 0
+    if kw["fine_tune_type"] == "sparse_mask":
+        assert 0.15 < results["achieved_sparsity"] <= 0.2
+    if kw["fine_tune_type"] == "rand_uniform":
+        assert results["trainable_params"] == 500 + 66  # the budget plus the 2-way head
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    if case == "layers":
+        assert any("auto" in note for note in config["policy_notes"])
+
+    model, _ = load_model(str(tiny_bert_dir), get_task("rte"))
+    policies.load_delta(model, load_file(tmp_path / "run" / "delta.safetensors"))
+    from bitfit.data import encode, load_glue
+    from bitfit.models import load_tokenizer
+    from bitfit.train import collator
+
+    tok = load_tokenizer(str(tiny_bert_dir))
+    dev = encode(load_glue(get_task("rte"), str(data))["dev"], tok, 128, False)
+    batch = collator(tok)([dev[i] for i in range(len(dev))])
+    model.eval()
+    with torch.no_grad():
+        out = model(**batch)
+    preds = out.logits.argmax(-1).numpy()
+    assert float(out.loss) == pytest.approx(results["best_metrics"]["dev"]["loss"], rel=1e-5)
+    from bitfit.metrics import compute_metrics
+
+    assert compute_metrics(("accuracy",), preds, batch["labels"].numpy())["accuracy"] == \
+        results["best_metrics"]["dev"]["accuracy"]
