@@ -118,3 +118,29 @@ def test_encode_tokenizes_pairs_without_padding(tmp_path):
 
     batch = collator(tok)([enc[0], enc[1]])
     assert batch["input_ids"].shape == (2, 6)  # padded to the longest in the batch, not to max_seq_length
+
+
+def test_hub_path_maps_hub_label_order_to_glue_order(monkeypatch):
+    """nyu-mll/glue orders MNLI labels entailment, neutral, contradiction; GLUE's files use names."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, config, split):
+        calls.append((path, config, split))
+        features = datasets.Features({"premise": datasets.Value("string"), "hypothesis": datasets.Value("string"),
+                                      "label": datasets.ClassLabel(names=["entailment", "neutral", "contradiction"]),
+                                      "idx": datasets.Value("int32")})
+        rows = {"premise": ["p0", "p1", "p2"], "hypothesis": ["h0", "h1", "h2"], "label": [0, 1, 2], "idx": [7, 8, 9]}
+        if split.startswith("test"):
+            rows["label"] = [-1, -1, -1]
+        return datasets.Dataset.from_dict(rows, features=features)
+
+    monkeypatch.setattr(data, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    task = get_task("mnli")
+    splits = load_glue(task, None, with_test=True)
+    assert [task.labels[e.label] for e in splits["train"]] == ["entailment", "neutral", "contradiction"]
+    assert splits["dev_mismatched"][0].texts == ("p0", "h0")
+    assert [e.index for e in splits["test_matched"]] == ["7", "8", "9"] and splits["ax"][0].label is None
+    assert ("nyu-mll/glue", "ax", "test") in calls and ("nyu-mll/glue", "mnli", "validation_matched") in calls
