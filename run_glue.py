@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from bitfit.config import FINE_TUNE_TYPES, OPTIMIZERS, PRECISIONS, SCHEDULERS, RunConfig
-from bitfit.errors import UserError
+from bitfit.errors import RunStopped, UserError
 from bitfit.policies import BIAS_ROLES
 
 
@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predict-test", action="store_true", help=h("predict_test"))
     p.add_argument("--save-evaluator", action="store_true", help=h("save_evaluator"))
     p.add_argument("--overwrite", action="store_true", help=h("overwrite"))
+    p.add_argument("--resume", action="store_true", help=h("resume"))
+    p.add_argument("--keep-checkpoint", action="store_true", help=h("keep_checkpoint"))
+    p.add_argument("--trust-remote-code", action="store_true", help=h("trust_remote_code"))
     p.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=d("verbose"),
                    help=h("verbose") + " (--no-verbose: warnings and errors only)")
     return p
@@ -84,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
+    except RunStopped as e:
+        print(f"{parser.prog}: {e}", file=sys.stderr)
+        return e.exit_code
     return 0
 
 

@@ -65,6 +65,9 @@ class RunConfig:
     predict_test: bool = _f(False, "write GLUE submission files for the test split(s) from the best epoch")
     save_evaluator: bool = _f(False, "also write evaluator.pkl (evaluation history and config; never a module)")
     overwrite: bool = _f(False, "allow writing into a non-empty output folder")
+    resume: bool = _f(False, "continue the run in --output-path from its last complete epoch (same settings)")
+    keep_checkpoint: bool = _f(False, "keep the per-epoch checkpoint folder after the run completes (default: delete it)")
+    trust_remote_code: bool = _f(False, "allow models whose code lives on the hub (runs that code; off by default)")
     verbose: bool = _f(True, "log progress and the trainable-parameter table")
 
     def __post_init__(self) -> None:

@@ -3,3 +3,11 @@
 
 class UserError(ValueError):
     """Bad input: the message names the bad value and what would be accepted."""
+
+
+class RunStopped(RuntimeError):
+    """A run that stopped before its last epoch (interrupted, or diverged); its checkpoint is kept."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

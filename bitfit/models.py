@@ -54,25 +54,28 @@ def _from_pretrained(loader, source: str, name: str, **kw):
         raise UserError(f"model {name!r} could not be loaded from the hub: {str(e).splitlines()[0]}") from None
 
 
-def load_tokenizer(name: str):
+def load_tokenizer(name: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    return _from_pretrained(AutoTokenizer, resolve_model(name), name)
+    return _from_pretrained(AutoTokenizer, resolve_model(name), name, trust_remote_code=trust_remote_code)
 
 
-def load_model(name: str, task: GlueTask):
-    """``AutoModelForSequenceClassification`` with the task's labels; returns (model, newly_initialised_names)."""
+def load_model(name: str, task: GlueTask, trust_remote_code: bool = False):
+    """``AutoModelForSequenceClassification`` with the task's labels; returns (model, newly_initialised_names).
+
+    ``trust_remote_code`` stays off unless the user turns it on: a hub model's own code never runs by default.
+    """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     source = resolve_model(name)
-    config = _from_pretrained(AutoConfig, source, name)
+    config = _from_pretrained(AutoConfig, source, name, trust_remote_code=trust_remote_code)
     config.num_labels = task.num_labels
     config.problem_type = "regression" if task.is_regression else "single_label_classification"
     if task.labels:
         config.id2label = dict(enumerate(task.labels))
         config.label2id = {label: i for i, label in enumerate(task.labels)}
     model, info = _from_pretrained(AutoModelForSequenceClassification, source, name, config=config,
-                                   output_loading_info=True)
+                                   output_loading_info=True, trust_remote_code=trust_remote_code)
     fresh = sorted(info.get("missing_keys", []))
     if fresh:
         log.info("newly initialised (saved in the delta): %s", ", ".join(fresh))

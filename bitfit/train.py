@@ -14,18 +14,23 @@ import json
 import logging
 import math
 import resource
+import shlex
+import signal
 import sys
+import threading
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import io, policies
+from . import checkpoint, io, policies
 from .config import RunConfig
 from .data import Encoded, encode, load_glue
-from .errors import UserError
+from .errors import RunStopped, UserError
 from .metrics import compute_metrics
 from .models import load_model, load_tokenizer, resolve_model
 from .plots import plot_learning_curves
@@ -176,14 +181,57 @@ def _subset(examples, limit):
     return examples if limit is None else examples[:limit]
 
 
-def run(cfg: RunConfig) -> dict:
-    """Fine-tune, evaluate every epoch, write the run folder; returns results.json's content."""
-    setup_logging(cfg.verbose)
-    started = time.time()
-    task = get_task(cfg.task_name)
-    io.check_output_folder(cfg.output_path, cfg.overwrite)
+class Interrupt:
+    """SIGINT/SIGTERM set a flag that the loop checks after every step; a second signal acts at once."""
 
-    # ---- everything that can fail on bad input happens before the run folder is written
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        return False
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        for sig, handler in self._old.items():  # a second Ctrl-C is not caught
+            signal.signal(sig, handler)
+
+    def poll(self, global_step: int) -> bool:
+        return self.signum is not None
+
+
+@dataclass
+class Setup:
+    """A validated run, before anything is written: data, model, policy, accelerator."""
+
+    cfg: RunConfig
+    task: GlueTask
+    splits: dict
+    encoded: dict
+    tokenizer: object
+    model: torch.nn.Module
+    fresh: list[str]
+    sel: policies.Selection
+    accelerator: object
+    out: Path
+
+
+def prepare(cfg: RunConfig) -> Setup:
+    """Everything that can fail on bad input, done before the run folder is touched."""
+    task = get_task(cfg.task_name)
+    out = Path(cfg.output_path)
+    if cfg.resume:
+        check_resumable(cfg, out)
+    else:
+        io.check_output_folder(cfg.output_path, cfg.overwrite)
     splits = load_glue(task, cfg.data_dir, with_test=cfg.predict_test)
     splits["train"] = _subset(splits["train"], cfg.max_train_samples)
     for s in task.dev_splits:
@@ -194,138 +242,239 @@ def run(cfg: RunConfig) -> dict:
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.model_name)
-    model, fresh = load_model(cfg.model_name, task)
+    tokenizer = load_tokenizer(cfg.model_name, cfg.trust_remote_code)
+    model, fresh = load_model(cfg.model_name, task, cfg.trust_remote_code)
     accelerator = make_accelerator(cfg)
     encoded = {name: encode(ex, tokenizer, cfg.max_seq_length, task.is_regression) for name, ex in splits.items()}
-    collate = collator(tokenizer)
     if cfg.layers is not None:
         policies.parse_layers(cfg.layers, num_layers=model.config.num_hidden_layers)
-    sel = policies.select(model, cfg, probe=make_probe(encoded["train"], collate, cfg))
+    sel = policies.select(model, cfg, probe=make_probe(encoded["train"], collator(tokenizer), cfg))
+    return Setup(cfg, task, splits, encoded, tokenizer, model, fresh, sel, accelerator, out)
+
+
+RESUMABLE_CHANGES = {"resume", "overwrite", "verbose", "keep_checkpoint", "eval_batch_size"}
+
+
+def check_resumable(cfg: RunConfig, out: Path) -> None:
+    """--resume: the folder holds a checkpoint of a run with the same settings."""
+    if not (out / "config.json").is_file():
+        raise UserError(f"nothing to resume in {str(out)!r}: no config.json (start the run without --resume)")
+    if not checkpoint.exists(out):
+        done = (out / "results.json").is_file() and json.loads((out / "results.json").read_text()).get("status") == "complete"
+        raise UserError(f"nothing to resume in {str(out)!r}: " + ("the run is already complete" if done else
+                        "no checkpoint (none was written before it stopped)"))
+    saved = json.loads((out / "config.json").read_text())["config"]
+    mine = cfg.to_dict()
+    changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and saved.get(k) != mine[k])
+    if changed:
+        k = changed[0]
+        raise UserError(f"--resume with {k}={mine[k]!r} but the run was started with {k}={saved.get(k)!r}; "
+                        f"resume with the original settings (may differ: {', '.join(sorted(RESUMABLE_CHANGES))})")
+
+
+def open_run_folder(su: Setup) -> None:
+    """Create the folder (main process only, after every process has checked it) and write config.json."""
+    su.accelerator.wait_for_everyone()
+    if not su.accelerator.is_main_process:
+        return
+    su.out.mkdir(parents=True, exist_ok=True)
+    if not su.cfg.resume:
+        for stale in list(io.RUN_FILES) + [s.submission for s in su.task.test_splits]:
+            (su.out / stale).unlink(missing_ok=True)
+        checkpoint.remove(su.out)
+    io.write_json(su.out / "config.json", {
+        "config": su.cfg.to_dict(), "model_path": resolve_model(su.cfg.model_name), "task": su.task.glue_name,
+        "policy_notes": su.sel.notes, "device": str(su.accelerator.device),
+        "num_processes": su.accelerator.num_processes, "environment": io.environment()})
+
+
+def resume_command(cfg: RunConfig) -> str:
+    argv = sys.argv
+    if argv and argv[0].endswith("run_glue.py"):
+        args = [a for a in argv[1:] if a != "--overwrite"]
+        return shlex.join(["python", argv[0], *args] + ([] if "--resume" in args else ["--resume"]))
+    return f"run(RunConfig(**{{...as before}}, resume=True)) with output_path={cfg.output_path!r}"
+
+
+def run(cfg: RunConfig) -> dict:
+    """Fine-tune, evaluate every epoch, write the run folder; returns results.json's content.
+
+    Raises ``RunStopped`` (after writing results.json with status "interrupted" or "diverged" and
+    keeping the last complete epoch's checkpoint) on SIGINT/SIGTERM or a non-finite loss.
+    """
+    setup_logging(cfg.verbose)
+    started = time.time()
+    su = prepare(cfg)
+    cfg, task, accelerator, model, sel = su.cfg, su.task, su.accelerator, su.model, su.sel
     guard = policies.apply(model, sel)
     params = [p for p in model.parameters() if p.requires_grad]
     counts = policies.trainable_counts(model, sel)
-    trainable, total = counts["trained"], counts["total"]
     if accelerator.is_main_process:
         log.info("fine-tune type %s on %s (%s)\n%s", cfg.fine_tune_type, task.glue_name, cfg.model_name,
                  policies.trainable_table(model, sel))
         for note in sel.notes:
             log.info(note)
-
-    out = Path(cfg.output_path)
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        for stale in list(io.RUN_FILES) + [s.submission for t in [task] for s in t.test_splits]:
-            (out / stale).unlink(missing_ok=True)
-        io.write_json(out / "config.json", {"config": cfg.to_dict(), "model_path": resolve_model(cfg.model_name),
-                                            "task": task.glue_name, "policy_notes": sel.notes,
-                                            "device": str(accelerator.device), "num_processes": accelerator.num_processes,
-                                            "environment": io.environment()})
+    open_run_folder(su)
 
     # ---- data loaders, optimizer, schedule
-    sampler = EpochBatches(len(encoded["train"]), cfg.batch_size, cfg.seed,
-                           lengths=encoded["train"].lengths() if cfg.group_by_length else None)
-    train_dl = torch.utils.data.DataLoader(encoded["train"], batch_sampler=sampler, collate_fn=collate)
+    collate = collator(su.tokenizer)
+    train = su.encoded["train"]
+    sampler = EpochBatches(len(train), cfg.batch_size, cfg.seed, lengths=train.lengths() if cfg.group_by_length else None)
+    train_dl = torch.utils.data.DataLoader(train, batch_sampler=sampler, collate_fn=collate)
     eval_names = [s.name for s in task.dev_splits] + (["train"] if cfg.eval_train else [])
-    eval_dls = {n: torch.utils.data.DataLoader(encoded[n], batch_size=cfg.eval_batch_size, collate_fn=collate)
-                for n in eval_names}
-    test_dls = {s.name: torch.utils.data.DataLoader(encoded[s.name], batch_size=cfg.eval_batch_size, collate_fn=collate)
-                for s in task.test_splits if s.name in encoded}
+
+    def loader(name):
+        return accelerator.prepare(torch.utils.data.DataLoader(su.encoded[name], batch_size=cfg.eval_batch_size,
+                                                               collate_fn=collate))
+
+    eval_dls = {n: loader(n) for n in eval_names}
     optimizer = make_optimizer(cfg, params)
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
-    eval_dls = {n: accelerator.prepare(dl) for n, dl in eval_dls.items()}
-    test_dls = {n: accelerator.prepare(dl) for n, dl in test_dls.items()}
     steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum)
     scheduler = make_scheduler(cfg, optimizer, steps_per_epoch * cfg.epochs)
+    unwrapped = accelerator.unwrap_model(model)
+    named = dict(unwrapped.named_parameters())
+
+    st = checkpoint.TrainState(epoch=0, global_step=0, history=[], best=None, train_time=0.0, train_samples=0)
+    if cfg.resume:
+        st = checkpoint.load(su.out)
+        with torch.no_grad():
+            for n, t in st.params.items():
+                named[n].copy_(t)
+        optimizer.load_state_dict(st.optimizer)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(st.global_step):
+                scheduler.step()
+        checkpoint.set_rng_state(st.rng)
+        log.info("resuming after epoch %d of %d (step %d)", st.epoch, cfg.epochs, st.global_step)
 
     # ---- fit
-    history: list[dict] = []
-    best: dict | None = None
-    best_state: dict[str, torch.Tensor] = {}
-    train_time, train_samples = 0.0, 0
-    unwrapped = accelerator.unwrap_model(model)
     model.train()
-    for epoch in range(1, cfg.epochs + 1):
-        sampler.set_epoch(epoch)
-        t0 = time.perf_counter()
-        loss_sum, seen = 0.0, 0
-        bar = tqdm(train_dl, desc=f"epoch {epoch}/{cfg.epochs}", disable=not (cfg.verbose and accelerator.is_main_process),
-                   leave=False, dynamic_ncols=True, mininterval=1.0)
-        for batch in bar:
-            with accelerator.accumulate(model):
-                loss = model(**batch).loss
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                if accelerator.sync_gradients:
-                    guard.after_step()
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            n = batch["labels"].shape[0]
-            loss_sum += float(loss.detach()) * n
-            seen += n
-            elapsed = time.perf_counter() - t0
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", samples_s=f"{seen * accelerator.num_processes / elapsed:.1f}")
-        epoch_time = time.perf_counter() - t0
-        train_time += epoch_time
-        train_samples += seen * accelerator.num_processes
-        rows = [{"epoch": epoch, "split": "train", "loss": loss_sum / seen, "lr": scheduler.get_last_lr()[0],
-                 "seconds": round(epoch_time, 3)}]
-        for name, dl in eval_dls.items():
-            preds, labels, loss_ = predict(model, dl, accelerator, task)
-            metrics = compute_metrics(task.metrics, preds, labels)
-            if name == "train":
-                rows[0].update(metrics)
-            else:
-                rows.append({"epoch": epoch, "split": name, "loss": loss_, **metrics})
-        history += rows
-        main = next(r for r in rows if r["split"] == task.main_dev_split)[task.main_metric]
-        if accelerator.is_main_process:
-            log.info("epoch %d: train loss %.4f, %s", epoch, rows[0]["loss"],
-                     "; ".join(f"{r['split']} " + ", ".join(f"{m} {r[m]:.4f}" for m in task.metrics) for r in rows[1:]))
-            io.write_jsonl(out / "metrics.jsonl", history)
-        if best is None or main > best["main"]:
-            best = {"epoch": epoch, "main": main, "rows": rows[1:]}
-            best_state = {n: p.detach().to("cpu", copy=True) for n, p in unwrapped.named_parameters() if p.requires_grad}
+    with Interrupt() as interrupt:
+        for epoch in range(st.epoch + 1, cfg.epochs + 1):
+            sampler.set_epoch(epoch)
+            t0 = time.perf_counter()
+            loss_sum, seen = 0.0, 0
+            bar = tqdm(train_dl, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, dynamic_ncols=True, mininterval=1.0,
+                       disable=not (cfg.verbose and accelerator.is_main_process))
+            for batch in bar:
+                with accelerator.accumulate(model):
+                    loss = model(**batch).loss
+                    value = float(loss.detach())
+                    if not math.isfinite(value):
+                        _stop(su, st, counts, started, "diverged",
+                              f"non-finite loss ({value}) at epoch {epoch}, step {st.global_step + 1} with learning "
+                              f"rate {scheduler.get_last_lr()[0]:g}; lower --learning-rate", exit_code=1)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    optimizer.step()
+                    if accelerator.sync_gradients:
+                        guard.after_step()
+                        scheduler.step()
+                        st.global_step += 1
+                    optimizer.zero_grad(set_to_none=True)
+                n = batch["labels"].shape[0]
+                loss_sum += value * n
+                seen += n
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}",
+                                samples_s=f"{seen * accelerator.num_processes / (time.perf_counter() - t0):.1f}")
+                if interrupt.poll(st.global_step):
+                    sig = signal.Signals(interrupt.signum or signal.SIGINT)
+                    _stop(su, st, counts, started, "interrupted",
+                          f"{sig.name} during epoch {epoch}: stopped; epochs 1-{st.epoch} are kept. Resume with:\n  "
+                          f"{resume_command(cfg)}", exit_code=128 + sig.value)
+            epoch_time = time.perf_counter() - t0
+            rows = [{"epoch": epoch, "split": "train", "loss": loss_sum / seen, "lr": scheduler.get_last_lr()[0],
+                     "seconds": round(epoch_time, 3)}]
+            for name, dl in eval_dls.items():
+                preds, labels, loss_ = predict(model, dl, accelerator, task)
+                metrics = compute_metrics(task.metrics, preds, labels)
+                if name == "train":
+                    rows[0].update(metrics)
+                else:
+                    rows.append({"epoch": epoch, "split": name, "loss": loss_, **metrics})
+            main = next(r for r in rows if r["split"] == task.main_dev_split)[task.main_metric]
+            improved = st.best is None or main > st.best["main"]
+            trainable_now = {n: p.detach().to("cpu", copy=True) for n, p in named.items() if p.requires_grad}
+            if improved:
+                st.best, st.best_params = {"epoch": epoch, "main": main, "rows": rows[1:]}, trainable_now
+            st.epoch, st.history = epoch, st.history + rows
+            st.train_time += epoch_time
+            st.train_samples += seen * accelerator.num_processes
+            st.params, st.optimizer, st.rng = trainable_now, optimizer.state_dict(), checkpoint.rng_state()
+            if accelerator.is_main_process:
+                log.info("epoch %d: train loss %.4f, %s", epoch, rows[0]["loss"], "; ".join(
+                    f"{r['split']} " + ", ".join(f"{m} {r[m]:.4f}" for m in task.metrics) for r in rows[1:]))
+                io.write_jsonl(su.out / "metrics.jsonl", st.history)
+                checkpoint.save(su.out, st, best_changed=improved)
+    return finish(su, model, st, counts, started)
 
-    # ---- restore the best epoch, save what was learned, predict the test set
-    params_by_name = dict(unwrapped.named_parameters())
-    with torch.no_grad():
-        for n, t in best_state.items():
-            params_by_name[n].copy_(t)
-    results = {
-        "task": task.name, "fine_tune_type": cfg.fine_tune_type, "model_name": cfg.model_name,
-        "best_epoch": best["epoch"], "main_metric": task.main_metric, "best_main_metric": best["main"],
-        "best_metrics": {r["split"]: {m: r[m] for m in task.metrics} | {"loss": r["loss"]} for r in best["rows"]},
-        "trainable_params": trainable, "total_params": total,
-        "trainable_percent": 100 * trainable / total,
+
+def _results(su: Setup, st: checkpoint.TrainState, counts: dict, started: float, status: str) -> dict:
+    cfg, task = su.cfg, su.task
+    best = st.best or {}
+    return {
+        "status": status, "task": task.name, "fine_tune_type": cfg.fine_tune_type, "model_name": cfg.model_name,
+        "completed_epochs": st.epoch, "epochs": cfg.epochs,
+        "best_epoch": best.get("epoch"), "main_metric": task.main_metric, "best_main_metric": best.get("main"),
+        "best_metrics": {r["split"]: {m: r[m] for m in task.metrics} | {"loss": r["loss"]} for r in best.get("rows", [])},
+        "trainable_params": counts["trained"], "total_params": counts["total"],
+        "trainable_percent": 100 * counts["trained"] / counts["total"],
         "trainable_params_encoder": counts["trained_encoder"], "trainable_params_in_layers": counts["trained_in_layers"],
-        "epochs": cfg.epochs, "train_samples": train_samples, "train_seconds": round(train_time, 3),
-        "train_samples_per_second": train_samples / train_time if train_time else None,
-        "peak_memory_mb": round(peak_memory_mb(accelerator.device), 1),
-        "device": str(accelerator.device),
+        "train_samples": st.train_samples, "train_seconds": round(st.train_time, 3),
+        "train_samples_per_second": st.train_samples / st.train_time if st.train_time else None,
+        "peak_memory_mb": round(peak_memory_mb(su.accelerator.device), 1),
+        "device": str(su.accelerator.device), "wall_seconds": round(time.time() - started, 3),
     }
-    if sel.masked:
+
+
+def _stop(su: Setup, st, counts, started, status: str, message: str, exit_code: int):
+    """Record why the run stopped (the last complete epoch's checkpoint stays) and raise RunStopped."""
+    if su.accelerator.is_main_process:
+        results = _results(su, st, counts, started, status) | {"message": message}
+        if status == "interrupted":
+            results["resume_command"] = resume_command(su.cfg)
+        io.write_json(su.out / "results.json", results)
+    raise RunStopped(message, exit_code)
+
+
+def finish(su: Setup, model, st: checkpoint.TrainState, counts: dict, started: float) -> dict:
+    """Restore the best epoch, save the delta, predict the test set, plot, write results.json."""
+    cfg, task, accelerator = su.cfg, su.task, su.accelerator
+    unwrapped = accelerator.unwrap_model(model)
+    named = dict(unwrapped.named_parameters())
+    with torch.no_grad():
+        for n, t in st.best_params.items():
+            named[n].copy_(t)
+    results = _results(su, st, counts, started, "complete")
+    if su.sel.masked:
         from .sparse import achieved_sparsity
 
         results["achieved_sparsity"] = achieved_sparsity(unwrapped)
     if accelerator.is_main_process:
-        save_delta(out / "delta.safetensors", unwrapped, sel, fresh, cfg, task, best["epoch"])
+        save_delta(su.out / "delta.safetensors", unwrapped, su.sel, su.fresh, cfg, task, st.best["epoch"])
+    collate = collator(su.tokenizer)
     for split in task.test_splits:
-        if split.name in test_dls:
-            preds, _, _ = predict(model, test_dls[split.name], accelerator, task)
+        if split.name in su.encoded:
+            dl = accelerator.prepare(torch.utils.data.DataLoader(su.encoded[split.name], batch_size=cfg.eval_batch_size,
+                                                                 collate_fn=collate))
+            preds, _, _ = predict(model, dl, accelerator, task)
             if accelerator.is_main_process:
-                write_submission(out / split.submission, task, splits[split.name], preds)
+                write_submission(su.out / split.submission, task, su.splits[split.name], preds)
     if accelerator.is_main_process:
-        plot_learning_curves(history, task.metrics, out / "learning_curves.png",
+        plot_learning_curves(st.history, task.metrics, su.out / "learning_curves.png",
                              f"{task.glue_name} · {cfg.fine_tune_type} · {cfg.model_name}")
         if cfg.save_evaluator:
-            io.write_pickle(out / "evaluator.pkl", {"config": cfg.to_dict(), "history": history, "results": results})
+            io.write_pickle(su.out / "evaluator.pkl", {"config": cfg.to_dict(), "history": st.history, "results": results})
         results["wall_seconds"] = round(time.time() - started, 3)
-        io.write_json(out / "results.json", results)
-        log.info("best epoch %d: %s %.4f; trainable %s of %s (%.4f%%); run folder %s", best["epoch"], task.main_metric,
-                 best["main"], f"{trainable:,}", f"{total:,}", results["trainable_percent"], out)
+        io.write_json(su.out / "results.json", results)
+        if not cfg.keep_checkpoint:
+            checkpoint.remove(su.out)
+        log.info("best epoch %d: %s %.4f; trainable %s of %s (%.4f%%); run folder %s", st.best["epoch"],
+                 task.main_metric, st.best["main"], f"{counts['trained']:,}", f"{counts['total']:,}",
+                 results["trainable_percent"], su.out)
     accelerator.wait_for_everyone()
     return results
 

@@ -1,0 +1,157 @@
+"""Per-epoch checkpoints for --resume: small for BitFit, never a pickle, never half-written.
+
+    <run>/checkpoint/state.json               epoch, step, history, best, optimizer groups, file hashes
+    <run>/checkpoint/state-e{N}.safetensors   trainable tensors, optimizer state, RNG states after epoch N
+    <run>/checkpoint/best-e{M}.safetensors    trainable tensors of the best epoch M so far
+
+Tensor files carry the epoch in their name and ``state.json`` is replaced last, so a crash at any
+moment leaves either the previous complete checkpoint or the new one. ``load`` checks each file's
+SHA-256 against ``state.json`` and refuses a truncated or tampered checkpoint with one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from . import io
+from .errors import UserError
+
+FORMAT = "bitfit-checkpoint/1"
+FOLDER = "checkpoint"
+
+
+@dataclass
+class TrainState:
+    """Everything the loop needs to continue after ``epoch``."""
+
+    epoch: int
+    global_step: int
+    history: list[dict]
+    best: dict | None
+    train_time: float
+    train_samples: int
+    params: dict[str, torch.Tensor] = field(default_factory=dict)  # trainable tensors by name
+    best_params: dict[str, torch.Tensor] = field(default_factory=dict)
+    optimizer: dict = field(default_factory=dict)  # torch optimizer state_dict
+    rng: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state |= {f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    return state
+
+
+def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(state["torch"])
+    cuda = [state[k] for k in sorted(state) if k.startswith("cuda")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def _flatten_optimizer(opt_state: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    tensors = {}
+    for idx, entry in opt_state["state"].items():
+        for key, value in entry.items():
+            value = value if torch.is_tensor(value) else torch.tensor(value)
+            tensors[f"opt::{idx}::{key}"] = value.detach().to("cpu").contiguous()
+    return tensors, opt_state["param_groups"]
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        _, idx, key = name.split("::", 2)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": groups}
+
+
+def save(run_dir: Path, st: TrainState, best_changed: bool) -> None:
+    folder = run_dir / FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    previous = _read_json(folder / "state.json") if (folder / "state.json").exists() else None
+    opt_tensors, groups = _flatten_optimizer(st.optimizer)
+    tensors = {f"param::{n}": t for n, t in st.params.items()} | opt_tensors | {f"rng::{k}": v for k, v in st.rng.items()}
+    state_file = f"state-e{st.epoch}.safetensors"
+    io.write_safetensors(folder / state_file, {k: v.contiguous() for k, v in tensors.items()}, {"format": FORMAT})
+    files = {"state": state_file}
+    if best_changed or previous is None:
+        best_file = f"best-e{st.epoch}.safetensors"
+        io.write_safetensors(folder / best_file, {n: t.contiguous() for n, t in st.best_params.items()}, {"format": FORMAT})
+        files["best"] = best_file
+    else:
+        files["best"] = previous["files"]["best"]
+    meta = {"format": FORMAT, "epoch": st.epoch, "global_step": st.global_step, "history": st.history, "best": st.best,
+            "train_time": st.train_time, "train_samples": st.train_samples, "optimizer_param_groups": groups,
+            "files": files, "sha256": {k: sha256(folder / f) for k, f in files.items()}}
+    io.write_json(folder / "state.json", meta)
+    keep = set(files.values()) | {"state.json"}
+    for old in folder.glob("*.safetensors"):
+        if old.name not in keep:
+            old.unlink(missing_ok=True)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"checkpoint {path} is unreadable ({e.__class__.__name__}); it cannot be resumed") from None
+
+
+def exists(run_dir: Path) -> bool:
+    return (run_dir / FOLDER / "state.json").is_file()
+
+
+def load(run_dir: Path) -> TrainState:
+    folder = run_dir / FOLDER
+    if not exists(run_dir):
+        raise UserError(f"nothing to resume: {folder / 'state.json'} does not exist (a run saves it after each epoch)")
+    meta = _read_json(folder / "state.json")
+    if meta.get("format") != FORMAT:
+        raise UserError(f"checkpoint {folder} has format {meta.get('format')!r}; accepted: {FORMAT}")
+    loaded = {}
+    for key, name in meta["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise UserError(f"checkpoint file {path} is missing; the checkpoint cannot be resumed")
+        if sha256(path) != meta["sha256"][key]:
+            raise UserError(f"checkpoint file {path} does not match its recorded SHA-256 (truncated or modified); "
+                            "refusing to resume from it")
+        try:
+            loaded[key] = load_file(path)
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"checkpoint file {path} is unreadable ({e}); refusing to resume from it") from None
+    state = loaded["state"]
+    return TrainState(
+        epoch=meta["epoch"], global_step=meta["global_step"], history=meta["history"], best=meta["best"],
+        train_time=meta["train_time"], train_samples=meta["train_samples"],
+        params={k[len("param::"):]: v for k, v in state.items() if k.startswith("param::")},
+        best_params=loaded["best"],
+        optimizer=_unflatten_optimizer({k: v for k, v in state.items() if k.startswith("opt::")},
+                                       meta["optimizer_param_groups"]),
+        rng={k[len("rng::"):]: v for k, v in state.items() if k.startswith("rng::")},
+    )
+
+
+def remove(run_dir: Path) -> None:
+    folder = run_dir / FOLDER
+    if folder.is_dir():
+        for f in folder.iterdir():
+            f.unlink()
+        folder.rmdir()
