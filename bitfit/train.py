@@ -480,19 +480,10 @@ def finish(su: Setup, model, st: checkpoint.TrainState, counts: dict, started: f
 
 
 def save_delta(path: Path, model, sel, fresh: list[str], cfg: RunConfig, task: GlueTask, epoch: int) -> None:
-    """The learned tensors (plus any the base checkpoint lacked), with what they apply to."""
-    tensors = policies.delta_tensors(model, sel)
-    state = model.state_dict()
-    for name in fresh:
-        if name not in tensors and name in state:
-            tensors[name] = state[name].detach().to("cpu", copy=True).contiguous()
-    meta = {
-        "format": DELTA_FORMAT, "base_model": cfg.model_name, "model_type": model.config.model_type,
-        "task": task.name, "labels": json.dumps(list(task.labels) if task.labels else None),
-        "policy": cfg.fine_tune_type, "bias_terms": json.dumps(cfg.bias_terms), "best_epoch": str(epoch),
-        "config": json.dumps(cfg.to_dict()),
-    }
-    io.write_safetensors(path, tensors, meta)
+    """The learned tensors (plus any the base checkpoint lacked), with what they apply to: ``bitfit.delta``."""
+    from . import delta
+
+    delta.save(path, model, sel, fresh, cfg, task, epoch)
 
 
 def format_prediction(task: GlueTask, pred) -> str:
