@@ -41,6 +41,16 @@ def resolve_model(name: str) -> str:
 def _from_pretrained(loader, source: str, name: str, **kw):
     """Cache first; then the hub if reachable; every failure becomes one clear line."""
     try:
+        return _cache_then_hub(loader, source, name, **kw)
+    except ValueError as e:
+        if "trust_remote_code" in str(e):
+            raise UserError(f"model {name!r} ships its own code, which is not run by default; pass "
+                            "--trust-remote-code if you trust it") from None
+        raise
+
+
+def _cache_then_hub(loader, source: str, name: str, **kw):
+    try:
         return loader.from_pretrained(source, local_files_only=True, **kw)
     except OSError:
         if Path(source).is_dir():

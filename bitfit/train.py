@@ -113,26 +113,27 @@ def collator(tokenizer):
 
 @torch.inference_mode()
 def predict(model, loader, accelerator, task: GlueTask) -> tuple[np.ndarray, np.ndarray | None, float | None]:
-    """Predictions (class ids or scores) over a whole split, gathered once across processes."""
+    """Predictions (class ids or scores) and mean loss over a whole split, each example counted once
+    across processes (``gather_for_metrics`` drops the padding duplicates of an uneven last batch)."""
     model.eval()
-    preds, labels, loss_sum, count = [], [], 0.0, 0
+    preds, labels, losses = [], [], []
     for batch in loader:
-        out = model(**batch)
-        logits = out.logits.float()
+        gold = batch.pop("labels", None)
+        logits = model(**batch).logits.float()
         pred = logits.squeeze(-1) if task.is_regression else logits.argmax(-1)
-        if "labels" in batch:
-            n = batch["labels"].shape[0]
-            loss_sum += float(out.loss) * n
-            count += n
-            pred, gold = accelerator.gather_for_metrics((pred, batch["labels"]))
+        if gold is not None:
+            loss = (torch.nn.functional.mse_loss(logits.squeeze(-1), gold.float(), reduction="none") if task.is_regression
+                    else torch.nn.functional.cross_entropy(logits, gold, reduction="none"))
+            pred, gold, loss = accelerator.gather_for_metrics((pred, gold, loss))
             labels.append(gold.cpu())
+            losses.append(loss.cpu())
         else:
             pred = accelerator.gather_for_metrics(pred)
         preds.append(pred.cpu())
     model.train()
     preds_np = torch.cat(preds).numpy() if preds else np.zeros(0)
     labels_np = torch.cat(labels).numpy() if labels else None
-    return preds_np, labels_np, (loss_sum / count if count else None)
+    return preds_np, labels_np, (float(torch.cat(losses).double().mean()) if losses else None)
 
 
 def make_optimizer(cfg: RunConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -353,6 +354,9 @@ def run(cfg: RunConfig) -> dict:
     model.train()
     with Interrupt() as interrupt:
         for epoch in range(st.epoch + 1, cfg.epochs + 1):
+            # accelerate's loader hands its own epoch counter to the sampler (one process) or none at all
+            # (several, behind BatchSamplerShard): set both, so the order depends on (seed, epoch) alone
+            train_dl.set_epoch(epoch)
             sampler.set_epoch(epoch)
             t0 = time.perf_counter()
             loss_sum, seen = 0.0, 0
@@ -386,6 +390,10 @@ def run(cfg: RunConfig) -> dict:
                           f"{sig.name} during epoch {epoch}: stopped; epochs 1-{st.epoch} are kept. Resume with:\n  "
                           f"{resume_command(cfg)}", exit_code=128 + sig.value)
             epoch_time = time.perf_counter() - t0
+            if accelerator.num_processes > 1:  # every process's share of the epoch
+                loss_sum, seen = accelerator.reduce(torch.tensor([loss_sum, seen], dtype=torch.float64,
+                                                                 device=accelerator.device), "sum").tolist()
+                seen = int(seen)
             rows = [{"epoch": epoch, "split": "train", "loss": loss_sum / seen, "lr": scheduler.get_last_lr()[0],
                      "seconds": round(epoch_time, 3)}]
             for name, dl in eval_dls.items():
@@ -402,7 +410,7 @@ def run(cfg: RunConfig) -> dict:
                 st.best, st.best_params = {"epoch": epoch, "main": main, "rows": rows[1:]}, trainable_now
             st.epoch, st.history = epoch, st.history + rows
             st.train_time += epoch_time
-            st.train_samples += seen * accelerator.num_processes
+            st.train_samples += seen
             st.params, st.optimizer, st.rng = trainable_now, optimizer.state_dict(), checkpoint.rng_state()
             if accelerator.is_main_process:
                 log.info("epoch %d: train loss %.4f, %s", epoch, rows[0]["loss"], "; ".join(

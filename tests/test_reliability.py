@@ -1,0 +1,278 @@
+"""Resume, interrupts, divergence, damaged checkpoints, malformed TSVs, remote code, two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bitfit import train
+from bitfit.config import RunConfig
+from bitfit.data import read_tsv
+from bitfit.errors import RunStopped, UserError
+from bitfit.tasks import get_task
+from conftest import REPO, tiny_config, write_bert_tokenizer
+from test_cli import make_glue_dir, read_jsonl
+
+
+@pytest.fixture(scope="module")
+def dropout_model_dir(tmp_path_factory) -> Path:
+    """A tiny BERT with dropout on, so a resumed run must restore the RNG state to match."""
+    from transformers import AutoModel
+
+    folder = tmp_path_factory.mktemp("dropout_bert")
+    write_bert_tokenizer(folder)
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_config(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory) -> Path:
+    return make_glue_dir(tmp_path_factory.mktemp("glue"))
+
+
+def cfg(out, model, data, **kw) -> RunConfig:
+    base = dict(output_path=str(out), task_name="rte", model_name=str(model), data_dir=str(data), epochs=3,
+                verbose=False, fine_tune_type="full_ft", learning_rate=1e-3, weight_decay=0.01, scheduler="linear",
+                warmup_ratio=0.1, batch_size=8)
+    return RunConfig(**(base | kw))
+
+
+def interrupt_at(monkeypatch, step: int, signum=signal.SIGINT):
+    """Fault injection: behave as if a signal arrived right after global step ``step``."""
+
+    def poll(self, global_step):
+        if global_step == step:
+            self.signum = signum
+        return self.signum is not None
+
+    monkeypatch.setattr(train.Interrupt, "poll", poll)
+
+
+def strip_times(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+@pytest.mark.parametrize("policy", ["full_ft", "bitfit", "rand_uniform"])
+def test_interrupted_then_resumed_equals_uninterrupted_bit_for_bit(policy, tmp_path, dropout_model_dir, glue_dir,
+                                                                   monkeypatch):
+    kw = {"fine_tune_type": policy, **({"rand_budget": 300} if policy == "rand_uniform" else {})}
+    whole = train.run(cfg(tmp_path / "whole", dropout_model_dir, glue_dir, **kw))
+
+    interrupt_at(monkeypatch, step=8)  # 6 steps per epoch: in the middle of epoch 2
+    with pytest.raises(RunStopped) as stop:
+        train.run(cfg(tmp_path / "cut", dropout_model_dir, glue_dir, **kw))
+    assert stop.value.exit_code == 130 and "SIGINT during epoch 2" in str(stop.value) and "--resume" in str(stop.value) or \
+        "resume=True" in str(stop.value)
+    results = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert results["status"] == "interrupted" and results["completed_epochs"] == 1 and "resume_command" in results
+    assert json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())["epoch"] == 1
+    assert not (tmp_path / "cut" / "delta.safetensors").exists()
+
+    monkeypatch.undo()
+    resumed = train.run(cfg(tmp_path / "cut", dropout_model_dir, glue_dir, resume=True, **kw))
+    assert strip_times(read_jsonl(tmp_path / "cut" / "metrics.jsonl")) == strip_times(read_jsonl(tmp_path / "whole" / "metrics.jsonl"))
+    a, b = load_file(tmp_path / "whole" / "delta.safetensors"), load_file(tmp_path / "cut" / "delta.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["best_metrics"] == whole["best_metrics"] and resumed["status"] == "complete"
+    assert not (tmp_path / "cut" / "checkpoint").exists()  # removed once the run is complete
+
+
+def test_non_finite_loss_stops_with_step_and_lr_and_keeps_last_good_epoch(tmp_path, dropout_model_dir, glue_dir,
+                                                                          monkeypatch):
+    real_load_model = train.load_model
+    calls = {"n": 0}
+
+    def poisoned(*args, **kw):
+        model, fresh = real_load_model(*args, **kw)
+
+        def hook(module, inputs, output):
+            if module.training:
+                calls["n"] += 1
+                if calls["n"] == 9:  # the 3rd training step of epoch 2
+                    output["loss"] = output.loss * float("nan")
+            return output
+
+        model.register_forward_hook(hook)
+        return model, fresh
+
+    monkeypatch.setattr(train, "load_model", poisoned)
+    with pytest.raises(RunStopped) as stop:
+        train.run(cfg(tmp_path / "run", dropout_model_dir, glue_dir, fine_tune_type="bitfit", scheduler="constant",
+                      warmup_ratio=0.0))
+    assert stop.value.exit_code == 1
+    assert "non-finite loss (nan) at epoch 2, step 9 with learning rate 0.001; lower --learning-rate" in str(stop.value)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "diverged" and results["completed_epochs"] == 1 and results["best_epoch"] == 1
+    assert [r["epoch"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 1]
+    assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["epoch"] == 1
+
+
+@pytest.fixture()
+def interrupted_run(tmp_path, dropout_model_dir, glue_dir, monkeypatch):
+    interrupt_at(monkeypatch, step=8)
+    c = cfg(tmp_path / "run", dropout_model_dir, glue_dir, fine_tune_type="bitfit")
+    with pytest.raises(RunStopped):
+        train.run(c)
+    monkeypatch.undo()
+    return c
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("flip", "does not match its recorded SHA-256 (truncated or modified); refusing to resume"),
+    ("truncate", "does not match its recorded SHA-256 (truncated or modified); refusing to resume"),
+    ("delete", "is missing; the checkpoint cannot be resumed"),
+    ("garbage json", "is unreadable (JSONDecodeError); it cannot be resumed"),
+])
+def test_damaged_checkpoint_is_refused(damage, message, interrupted_run):
+    folder = Path(interrupted_run.output_path) / "checkpoint"
+    state = next(folder.glob("state-e*.safetensors"))
+    if damage == "flip":
+        data = bytearray(state.read_bytes())
+        data[-5] ^= 0xFF
+        state.write_bytes(bytes(data))
+    elif damage == "truncate":
+        state.write_bytes(state.read_bytes()[:100])
+    elif damage == "delete":
+        state.unlink()
+    else:
+        (folder / "state.json").write_text("{not json")
+    with pytest.raises(UserError, match=re.escape(message)):
+        train.run(RunConfig(**(interrupted_run.to_dict() | {"resume": True})))
+
+
+def test_resume_refuses_other_settings_and_missing_checkpoints(interrupted_run, tmp_path):
+    with pytest.raises(UserError, match=r"--resume with learning_rate=0.01 but the run was started with learning_rate=0.001"):
+        train.run(RunConfig(**(interrupted_run.to_dict() | {"resume": True, "learning_rate": 0.01})))
+    with pytest.raises(UserError, match=r"nothing to resume in .*: no config.json"):
+        train.run(RunConfig(**(interrupted_run.to_dict() | {"resume": True, "output_path": str(tmp_path / "new")})))
+
+
+def test_sigterm_stops_a_real_process_with_a_resume_command(tmp_path, tiny_bert_dir):
+    data = make_glue_dir(tmp_path / "glue", n_train=400)
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "run_glue.py"), "-t", "rte", "-m", str(tiny_bert_dir), "--data-dir", str(data),
+           "-o", str(out), "-e", "500", "--no-verbose"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not (out / "checkpoint" / "state.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM during epoch" in err and "Resume with:" in err
+    command = err.strip().splitlines()[-1].strip()
+    assert command.startswith("python ") and command.endswith("--resume") and "-e 500" in command
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "interrupted" and results["completed_epochs"] >= 1
+    assert results["resume_command"] == command
+
+
+# ----------------------------------------------------------------------------- malformed TSV files
+
+
+def _fuzz_cases(rng: random.Random) -> list[bytes]:
+    good = ["0\tA man sat .\tA man sat .\tentailment", "1\tIt rained .\tNo rain .\tnot_entailment"]
+    pieces = ["\t", "\n", "\r\n", '"', "'", "\\", "\x00", "entailment", "not_entailment", "maybe", " ", "é", "😀",
+              "index\tsentence1\tsentence2\tlabel", "\t\t\t\t", "x" * 1000]
+    cases = [b"", b"\n\n\n", b"index\tsentence1\tsentence2\tlabel\n", b"\xff\xfe\x00garbage\n", ("a" * 2_000_000).encode()]
+    for _ in range(300):
+        lines = ["index\tsentence1\tsentence2\tlabel"] + [
+            rng.choice(good) if rng.random() < 0.6 else "".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
+            for _ in range(rng.randint(0, 6))]
+        raw = "\n".join(lines).encode("utf-8")
+        if rng.random() < 0.1:
+            raw = raw.replace(b"e", b"\xe9", 1)  # a latin-1 byte: not UTF-8
+        cases.append(raw)
+    return cases
+
+
+def test_tsv_reader_fuzz_reads_or_rejects_with_file_and_line(tmp_path):
+    path = tmp_path / "train.tsv"
+    task = get_task("rte")
+    outcomes = {"read": 0, "rejected": 0}
+    for raw in _fuzz_cases(random.Random(0)):
+        path.write_bytes(raw)
+        try:
+            examples = read_tsv(path, task, test=False)
+        except UserError as e:
+            assert str(e).startswith(str(path)) and "\n" not in str(e), str(e)
+            outcomes["rejected"] += 1
+            continue
+        outcomes["read"] += 1
+        for ex in examples:  # what is read is what GLUE's processor would read: label from the last column
+            assert ex.label in (0, 1) and len(ex.texts) == 2
+    assert outcomes["read"] > 20 and outcomes["rejected"] > 20
+
+
+def test_stray_quotes_and_blank_lines_are_read_as_glue_reads_them(tmp_path):
+    path = tmp_path / "train.tsv"
+    path.write_text('index\tsentence1\tsentence2\tlabel\n\n0\t"He said "hi\tok\tentailment\n\n1\ta\tb\tnot_entailment\n')
+    examples = read_tsv(path, get_task("rte"), test=False)
+    assert [e.texts for e in examples] == [('"He said "hi', "ok"), ("a", "b")] and [e.label for e in examples] == [0, 1]
+
+
+# ----------------------------------------------------------------------------- pickles and remote code
+
+
+def test_no_code_path_loads_a_pickle():
+    sources = {p: p.read_text() for p in (REPO / "bitfit").glob("*.py")} | {REPO / "run_glue.py": (REPO / "run_glue.py").read_text()}
+    for path, text in sources.items():
+        for pattern in ("pickle.load", "torch.load(", "pickle.Unpickler", "joblib.load", "dill.load"):
+            assert pattern not in text, f"{path.name} uses {pattern}"
+
+
+def test_remote_code_is_not_run_unless_asked(tmp_path, tiny_bert_dir, glue_dir, capsys):
+    model = tmp_path / "remote"
+    shutil.copytree(tiny_bert_dir, model)
+    marker = tmp_path / "remote_code_ran"
+    (model / "configuration_evil.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from transformers import BertConfig\nclass EvilConfig(BertConfig):\n    model_type = 'evil'\n")
+    config = json.loads((model / "config.json").read_text())
+    config["auto_map"] = {"AutoConfig": "configuration_evil.EvilConfig"}
+    config["model_type"] = "evil"  # not built into transformers: only the folder's own code could load it
+    (model / "config.json").write_text(json.dumps(config))
+    import run_glue
+
+    rc = run_glue.main(["-t", "rte", "-m", str(model), "--data-dir", str(glue_dir), "-o", str(tmp_path / "out"),
+                        "--no-verbose"])
+    assert rc == 2 and "--trust-remote-code" in capsys.readouterr().err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- data parallel
+
+
+def test_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path, tiny_bert_dir, glue_dir):
+    common = ["-t", "rte", "-f", "full_ft", "-m", str(tiny_bert_dir), "--data-dir", str(glue_dir), "-e", "2",
+              "--no-group-by-length", "--predict-test", "--no-verbose"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    two = subprocess.run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "run_glue.py"), *common,
+                          "-b", "4", "-o", str(tmp_path / "two")], capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, str(REPO / "run_glue.py"), *common, "-b", "8", "-o", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["num_processes"] == 2
+    a, b = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
+    assert [(r["epoch"], r["split"]) for r in a] == [(r["epoch"], r["split"]) for r in b]
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5, abs=1e-6)
+        if "accuracy" in x:
+            assert x["accuracy"] == y["accuracy"]
+    assert (tmp_path / "one" / "RTE.tsv").read_text() == (tmp_path / "two" / "RTE.tsv").read_text()
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
