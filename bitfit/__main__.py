@@ -2,6 +2,7 @@
 
     python -m bitfit merge runs/rte -o merged/rte
     python -m bitfit predict --delta runs/rte runs/stsb --input pairs.jsonl -o predictions/
+    python -m bitfit submit runs/* -o glue_submission.zip --data-dir ../shared/glue_data
 
 Training itself is ``python run_glue.py``. Each command lives in the module named below, which
 offers ``build_parser(parser)`` (adds its flags) and ``cli(args) -> int``; adding a command is one
@@ -19,6 +20,7 @@ from .errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {  # name -> (module, one-line description)
     "merge": ("bitfit.delta", "write a standalone Hugging Face model folder: the base with a run's delta applied"),
     "predict": ("bitfit.serve", "predict with one or more task deltas on one shared backbone"),
+    "submit": ("bitfit.submit", "collect runs' test predictions into a GLUE submission zip, checked"),
 }
 
 

@@ -1,0 +1,221 @@
+"""Collect finished runs' test predictions into one GLUE submission zip, checked before it is written.
+
+    python -m bitfit submit runs/cola runs/sst2 runs/mrpc runs/stsb runs/qqp runs/mnli runs/qnli \\
+        runs/rte runs/wnli -o glue_submission.zip --data-dir ../shared/glue_data
+
+    from bitfit.submit import collect, write_zip
+    files, missing = collect(["runs/rte", "runs/stsb"], data_dir="../shared/glue_data")
+
+Each run folder (made with ``--predict-test``) holds its best epoch's test predictions, named as
+GLUE names them (``RTE.tsv``; ``MNLI-m.tsv``, ``MNLI-mm.tsv`` and ``AX.tsv`` from an MNLI run). The
+zip gets exactly the GLUE file set, at its root: CoLA, SST-2, MRPC, STS-B, QQP, MNLI-m, MNLI-mm,
+QNLI, RTE, WNLI, AX. Before anything is written, every file is checked: the ``index<TAB>prediction``
+header; one row per test example (the row count, and the index column in order, of the test file
+in the data folder when it is there; GLUE's known counts otherwise); every label one the server
+accepts (label names; 0/1; STS-B scores in [0, 5]). A run that predicted only part of the test set
+(``--max-predict-samples``), an unfinished run, two runs for one task, or a missing task is refused
+with one line saying which; ``--allow-missing`` zips a partial set on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import io
+from .data import read_tsv
+from .errors import UserError
+from .tasks import TASKS, GlueTask, Split, get_task
+
+log = logging.getLogger("bitfit")
+
+# The GLUE server's file set, in its leaderboard order, and its test sets' sizes.
+KNOWN_ROWS = {"CoLA.tsv": 1063, "SST-2.tsv": 1821, "MRPC.tsv": 1725, "STS-B.tsv": 1379, "QQP.tsv": 390965,
+              "MNLI-m.tsv": 9796, "MNLI-mm.tsv": 9847, "QNLI.tsv": 5463, "RTE.tsv": 3000, "WNLI.tsv": 146,
+              "AX.tsv": 1104}
+HEADER = "index\tprediction"
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so the same predictions always make the same zip
+
+
+def glue_files() -> dict[str, tuple[GlueTask, Split]]:
+    """Submission file name -> (task, test split), for every file the GLUE server expects."""
+    found = {s.submission: (t, s) for t in TASKS.values() for s in t.test_splits}
+    assert set(found) == set(KNOWN_ROWS), "tasks.py and KNOWN_ROWS disagree on the GLUE file set"
+    return {name: found[name] for name in KNOWN_ROWS}
+
+
+@dataclass
+class Entry:
+    """One checked submission file."""
+
+    file: str
+    run: Path
+    rows: int
+    expected_from: str  # the test file the rows were checked against, or "GLUE's known count"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot be read as JSON ({e.__class__.__name__})") from None
+
+
+def _run_task(run: Path) -> tuple[GlueTask, dict]:
+    if not run.is_dir():
+        raise UserError(f"run folder {str(run)!r} not found; accepted: folders written by run_glue.py --predict-test")
+    if not (run / "results.json").is_file():
+        raise UserError(f"run {str(run)!r} has no results.json: not a finished run")
+    results = _read_json(run / "results.json")
+    if results.get("status", "complete") != "complete":
+        raise UserError(f"run {str(run)!r} did not finish (status {results['status']!r}); its test predictions, if any, "
+                        "are not the best epoch's")
+    config = _read_json(run / "config.json").get("config", {}) if (run / "config.json").is_file() else {}
+    return get_task(results.get("task") or config.get("task_name") or "?"), config
+
+
+def _expected(split: Split, task: GlueTask, file: str, data_dirs: list[Path]) -> tuple[list[str] | None, int, str]:
+    """(indices in order or None, row count, where that came from) for one submission file."""
+    for root in data_dirs:
+        path = root / (split.folder or task.glue_name) / split.tsv
+        if path.is_file():
+            indices = [e.index for e in read_tsv(path, task, test=True, text_columns=split.text_columns)]
+            return indices, len(indices), str(path)
+    return None, KNOWN_ROWS[file], "GLUE's known count"
+
+
+def check_file(path: Path, task: GlueTask, indices: list[str] | None, count: int, source: str) -> int:
+    """Header, row count, index order (when known) and label format of one prediction file."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or lines[0] != HEADER:
+        raise UserError(f"{path}: first line is {lines[0] if lines else ''!r}; accepted: {HEADER!r}")
+    rows = [line.split("\t") for line in lines[1:] if line]
+    if len(rows) != count:
+        raise UserError(f"{path}: {len(rows)} predictions, but the test set has {count} rows ({source}); "
+                        "a complete test prediction is needed")
+    seen = set()
+    for lineno, row in enumerate(rows, start=2):
+        if len(row) != 2:
+            raise UserError(f"{path}:{lineno}: {len(row)} columns; accepted: index<TAB>prediction")
+        index, pred = row
+        if indices is not None and index != indices[lineno - 2]:
+            raise UserError(f"{path}:{lineno}: index {index!r}, but the test file has {indices[lineno - 2]!r} there ({source})")
+        if index in seen:
+            raise UserError(f"{path}:{lineno}: index {index!r} appears twice")
+        seen.add(index)
+        if task.is_regression:
+            try:
+                ok = math.isfinite(float(pred)) and 0.0 <= float(pred) <= 5.0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise UserError(f"{path}:{lineno}: prediction {pred!r}; accepted: a score from 0 to 5")
+        elif pred not in task.labels:
+            raise UserError(f"{path}:{lineno}: prediction {pred!r}; accepted: {', '.join(task.labels)}")
+    return len(rows)
+
+
+def collect(runs, data_dir: str | None = None) -> tuple[dict[str, tuple[Path, Entry]], list[str]]:
+    """Check every run's submission files; returns ({file: (path, entry)}, [missing files]).
+
+    Rows are checked against the test files of ``data_dir`` (default ``$GLUE_DIR``), then of the
+    folder each run was trained from, and GLUE's known counts for tasks none of them has.
+    """
+    expected = glue_files()
+    found: dict[str, tuple[Path, Entry]] = {}
+    owner: dict[str, Path] = {}
+    for run in map(Path, runs):
+        task, config = _run_task(run)
+        if config.get("max_predict_samples"):
+            raise UserError(f"run {str(run)!r} predicted only the first {config['max_predict_samples']} test rows "
+                            "(--max-predict-samples): not a valid submission")
+        if task.name in owner:
+            raise UserError(f"two runs for {task.glue_name}: {str(owner[task.name])!r} and {str(run)!r}; accepted: one run per task")
+        owner[task.name] = run
+        roots = [Path(p) for p in (data_dir or os.environ.get("GLUE_DIR"), config.get("data_dir")) if p]
+        for split in task.test_splits:
+            path = run / split.submission
+            if not path.is_file():
+                if split.folder:  # the diagnostic set is optional for a run; AX is then missing
+                    log.warning("run %s has no %s (it was trained without the diagnostic set)", run, split.submission)
+                    continue
+                raise UserError(f"run {str(run)!r} has no {split.submission}: train it with --predict-test")
+            indices, count, source = _expected(split, task, split.submission, roots)
+            rows = check_file(path, task, indices, count, source)
+            found[split.submission] = (path, Entry(split.submission, run, rows, source))
+    missing = [f for f in expected if f not in found]
+    return {f: found[f] for f in expected if f in found}, missing
+
+
+def write_zip(out: Path, files: dict[str, tuple[Path, Entry]]) -> None:
+    """The files at the zip's root, in GLUE's order, with fixed timestamps; written whole."""
+
+    def write(tmp: Path) -> None:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            for name, (path, _) in files.items():
+                info = zipfile.ZipInfo(name, date_time=ZIP_TIME)
+                info.compress_type = zipfile.ZIP_DEFLATED
+                info.external_attr = 0o644 << 16
+                z.writestr(info, path.read_bytes())
+
+    io.atomic_write(out, write)
+
+
+def submit(runs, out: str | os.PathLike, data_dir: str | None = None, allow_missing: bool = False,
+           overwrite: bool = False) -> tuple[dict[str, tuple[Path, Entry]], list[str]]:
+    """Check, then zip; refuses a partial set unless ``allow_missing``. Returns what ``collect`` did."""
+    out = Path(out)
+    if out.exists() and (out.is_dir() or not overwrite):
+        raise UserError(f"output {str(out)!r} exists; accepted: a new .zip path (or --overwrite to replace a file)")
+    if not runs:
+        raise UserError("no run folders given; accepted: folders written by run_glue.py --predict-test")
+    files, missing = collect(runs, data_dir)
+    if missing and not allow_missing:
+        raise UserError(f"missing {len(missing)} of {len(KNOWN_ROWS)} GLUE files: {', '.join(missing)} "
+                        f"(no run given for {', '.join(_tasks_of(missing))}); pass those runs, or --allow-missing to "
+                        "zip a partial set on purpose")
+    if not files:
+        raise UserError("none of the runs has test predictions to zip")
+    write_zip(out, files)
+    return files, missing
+
+
+def _tasks_of(files: list[str]) -> list[str]:
+    table = glue_files()
+    return list(dict.fromkeys(table[f][0].glue_name + (" (diagnostic)" if table[f][1].folder else "") for f in files))
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m bitfit submit
+
+
+def build_parser(p):
+    """Flags of ``python -m bitfit submit`` (added to the parser ``bitfit.__main__`` makes)."""
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders written with --predict-test, one per task")
+    p.add_argument("--output", "-o", default="glue_submission.zip", help="zip file to write")
+    p.add_argument("--data-dir", default=None, help="GLUE folder whose test files the row counts and indices are "
+                   "checked against (default: $GLUE_DIR, else each run's own data dir, else GLUE's known counts)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="zip even if some of the 11 GLUE files are missing (the GLUE server wants all of them)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing zip file")
+    return p
+
+
+def cli(args) -> int:
+    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING)
+    files, missing = submit(args.runs, args.output, args.data_dir, args.allow_missing, args.overwrite)
+    width = max(len(f) for f in KNOWN_ROWS)
+    for name in KNOWN_ROWS:
+        if name in files:
+            e = files[name][1]
+            print(f"{name:<{width}}  {e.rows:>7,} rows  {e.run}  (checked against {e.expected_from})")
+        else:
+            print(f"{name:<{width}}  missing")
+    print(f"wrote {args.output}: {len(files)} of {len(KNOWN_ROWS)} GLUE files"
+          + (f"; MISSING {', '.join(missing)} (--allow-missing)" if missing else ""))
+    return 0
