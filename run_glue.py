@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-accum", type=int, default=d("grad_accum"), help=h("grad_accum"))
     p.add_argument("--max-grad-norm", type=float, default=d("max_grad_norm"), help=h("max_grad_norm"))
     p.add_argument("--precision", default=d("precision"), choices=PRECISIONS, help=h("precision"))
+    p.add_argument("--attention-dropout", type=float, default=None, help=h("attention_dropout"))
+    p.add_argument("--gradient-checkpointing", action="store_true", help=h("gradient_checkpointing"))
+    p.add_argument("--compile", action="store_true", help=h("compile"))
     p.add_argument("--max-seq-length", type=int, default=d("max_seq_length"), help=h("max_seq_length"))
     p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=d("group_by_length"),
                    help=h("group_by_length"))

@@ -55,6 +55,9 @@ class RunConfig:
     grad_accum: int = _f(1, "gradient accumulation steps")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables)")
     precision: str = _f("fp32", "fp32, bf16 or fp16 autocast; trainable parameters and optimizer state stay fp32")
+    attention_dropout: float | None = _f(None, "override the model's attention-probability dropout (0 lets PyTorch use fused attention in training)")
+    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass instead of keeping them (less memory, more time)")
+    compile: bool = _f(False, "torch.compile the model (measure first: see docs/PERFORMANCE.md)")
     max_seq_length: int = _f(128, "truncate inputs to this many tokens (batches are padded only to their longest)")
     group_by_length: bool = _f(True, "batch training examples of similar length together (less padding; Hugging Face's group_by_length)")
     max_train_samples: int | None = _f(None, "use only the first N training examples")
@@ -99,6 +102,8 @@ class RunConfig:
             raise UserError(f"max grad norm {self.max_grad_norm} is out of range; accepted: >= 0 (0 disables)")
         if not (0.0 <= self.mask_sparsity < 1.0):
             raise UserError(f"mask sparsity {self.mask_sparsity} is out of range; accepted: 0 <= sparsity < 1")
+        if self.attention_dropout is not None and not (0.0 <= self.attention_dropout < 1.0):
+            raise UserError(f"attention dropout {self.attention_dropout} is out of range; accepted: 0 <= p < 1")
         if self.gpu_device is not None and self.gpu_device < 0:
             raise UserError(f"gpu device {self.gpu_device} is out of range; accepted: a CUDA index >= 0")
         if self.data_dir is None and os.environ.get("GLUE_DIR"):

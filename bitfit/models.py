@@ -70,7 +70,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return _from_pretrained(AutoTokenizer, resolve_model(name), name, trust_remote_code=trust_remote_code)
 
 
-def load_model(name: str, task: GlueTask, trust_remote_code: bool = False):
+def load_model(name: str, task: GlueTask, trust_remote_code: bool = False, attention_dropout: float | None = None):
     """``AutoModelForSequenceClassification`` with the task's labels; returns (model, newly_initialised_names).
 
     ``trust_remote_code`` stays off unless the user turns it on: a hub model's own code never runs by default.
@@ -81,6 +81,10 @@ def load_model(name: str, task: GlueTask, trust_remote_code: bool = False):
     config = _from_pretrained(AutoConfig, source, name, trust_remote_code=trust_remote_code)
     config.num_labels = task.num_labels
     config.problem_type = "regression" if task.is_regression else "single_label_classification"
+    if attention_dropout is not None:
+        for key in ("attention_probs_dropout_prob", "attention_dropout"):  # BERT-likes; DistilBERT
+            if hasattr(config, key):
+                setattr(config, key, attention_dropout)
     if task.labels:
         config.id2label = dict(enumerate(task.labels))
         config.label2id = {label: i for i, label in enumerate(task.labels)}

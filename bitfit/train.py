@@ -137,8 +137,11 @@ def predict(model, loader, accelerator, task: GlueTask) -> tuple[np.ndarray, np.
 
 
 def make_optimizer(cfg: RunConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """Adam(W) over the trainable tensors only: fused kernels on CUDA, foreach (multi-tensor) elsewhere."""
     kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return kind(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    cuda = all(p.is_cuda for p in params)
+    return kind(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                **({"fused": True} if cuda else {"foreach": True}))
 
 
 def make_scheduler(cfg: RunConfig, optimizer, total_steps: int):
@@ -244,7 +247,7 @@ def prepare(cfg: RunConfig) -> Setup:
 
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model_name, cfg.trust_remote_code)
-    model, fresh = load_model(cfg.model_name, task, cfg.trust_remote_code)
+    model, fresh = load_model(cfg.model_name, task, cfg.trust_remote_code, cfg.attention_dropout)
     accelerator = make_accelerator(cfg)
     encoded = {name: encode(ex, tokenizer, cfg.max_seq_length, task.is_regression) for name, ex in splits.items()}
     if cfg.layers is not None:
@@ -310,6 +313,8 @@ def run(cfg: RunConfig) -> dict:
     guard = policies.apply(model, sel)
     params = [p for p in model.parameters() if p.requires_grad]
     counts = policies.trainable_counts(model, sel)
+    if cfg.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if accelerator.is_main_process:
         log.info("fine-tune type %s on %s (%s)\n%s", cfg.fine_tune_type, task.glue_name, cfg.model_name,
                  policies.trainable_table(model, sel))
@@ -331,6 +336,8 @@ def run(cfg: RunConfig) -> dict:
     eval_dls = {n: loader(n) for n in eval_names}
     optimizer = make_optimizer(cfg, params)
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
+    if cfg.compile:
+        model = torch.compile(model, dynamic=True)  # dynamic: batches are padded to varying lengths
     steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum)
     scheduler = make_scheduler(cfg, optimizer, steps_per_epoch * cfg.epochs)
     unwrapped = accelerator.unwrap_model(model)
