@@ -413,7 +413,16 @@ def cli(args) -> int:
         raise UserError("several deltas write one table each: pass -o FOLDER, or --format jsonl for one stream")
     if several and args.output != "-" and Path(args.output).is_file():
         raise UserError(f"output {args.output!r} is a file; with several deltas accepted: a folder")
+    if not several and args.output != "-" and Path(args.output).is_dir():
+        raise UserError(f"output {args.output!r} is a folder; with one delta accepted: a file path, or - for standard output")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        kind = torch.device(device).type
+    except RuntimeError:
+        kind = None
+    if kind not in ("cpu", "cuda") or (kind == "cuda" and not torch.cuda.is_available()):
+        raise UserError(f"device {args.device!r} is not available here; accepted: cpu"
+                        + (", cuda, cuda:N" if torch.cuda.is_available() else " (no CUDA GPU found)") + ", auto")
     ds = [deltas.read(p) for p in args.delta]
     keys = task_keys(ds)
     bb = Backbone.for_deltas(ds, base=args.base, device=device, trust_remote_code=args.trust_remote_code, names=keys)

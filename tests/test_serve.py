@@ -181,6 +181,18 @@ def test_cli_bad_input_is_one_line(tiny_runs, tmp_path, capsys, argv, message):
     assert err.startswith("python -m bitfit predict: error: ") and message in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["-o", "DIR"], "is a folder; with one delta accepted: a file path"),
+    (["--device", "tpu:3"], "device 'tpu:3' is not available here"),
+    (["--batch-size", "0"], "--batch-size 0 is out of range"),
+])
+def test_cli_bad_flags_for_one_delta(tiny_runs, tmp_path, capsys, argv, message):
+    root, glue = tiny_runs
+    argv = [str(tmp_path) if a == "DIR" else a for a in argv]
+    assert main(["predict", "--delta", str(root / "rte"), "--input", str(glue / "RTE" / "test.tsv"), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------- MiniLM, real GLUE
 
 
