@@ -1,0 +1,265 @@
+"""The report: learning rates chosen on dev over seeds, skipped runs with reasons, delta figures checked
+against the base weights read independently."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bitfit import report
+from bitfit.config import RunConfig
+from bitfit.tasks import get_task
+from conftest import REPO, make_tiny_model_dir
+from test_cli import make_glue_dir, run_cli
+
+# ---------------------------------------------------------------------------------------------
+# Run folders written by hand: exact numbers, no training
+
+
+def fake_run(root: Path, name: str, task: str = "rte", lr: float = 1e-3, seed: int = 0, main: float = 0.5,
+             status: str | None = "complete", train_size: int = 100, results: bool = True, **cfg) -> Path:
+    """A run folder as bitfit.train writes it, with ``main`` as every dev metric (MRPC's accuracy: main - 0.1)."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    t = get_task(task)
+    config = RunConfig(output_path=str(folder), task_name=task, learning_rate=lr, seed=seed,
+                       **({"epochs": 2} | cfg)).to_dict()
+    (folder / "config.json").write_text(json.dumps({"config": config, "task": t.glue_name, "num_processes": 1}))
+    epochs = config["epochs"]
+    metrics = {m: main - 0.1 * (m == "accuracy" and task == "mrpc") for m in t.metrics}
+    rows = []
+    for e in range(1, epochs + 1):
+        rows.append({"epoch": e, "split": "train", "loss": 0.7, "lr": lr, "seconds": 1.0})
+        rows += [{"epoch": e, "split": s.name, "loss": 0.6} | {m: v - 0.01 * (epochs - e) for m, v in metrics.items()}
+                 for s in t.dev_splits]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if results:
+        res = {"task": task, "fine_tune_type": config["fine_tune_type"], "best_epoch": epochs,
+               "completed_epochs": epochs, "epochs": epochs, "main_metric": t.main_metric, "best_main_metric": main,
+               "best_metrics": {s.name: metrics | {"loss": 0.6} for s in t.dev_splits},
+               "trainable_params": 10, "total_params": 1000, "trainable_percent": 1.0,
+               "trainable_params_in_layers": 8, "train_samples": train_size * epochs}
+        if status is not None:
+            res["status"] = status
+        (folder / "results.json").write_text(json.dumps(res))
+    return folder
+
+
+def skipped_reasons(readme: Path) -> dict[str, str]:
+    text = readme.read_text().split("## Skipped runs", 1)[1]
+    return {m[1]: m[2] for m in re.finditer(r"^\| (\S+) \| (.+) \|$", text, re.M) if m[1] not in ("run", "---")}
+
+
+def test_learning_rate_chosen_by_mean_dev_over_seeds_and_reported_with_std(tmp_path):
+    runs = tmp_path / "runs"
+    for seed, main in enumerate((0.70, 0.60, 0.65)):  # lr 1e-3: the best single run, but mean 0.65
+        fake_run(runs, f"bitfit/lr1e-3_s{seed}", lr=1e-3, seed=seed, main=main)
+    for seed, main in enumerate((0.66, 0.68)):  # lr 4e-4: mean 0.67 wins
+        fake_run(runs, f"bitfit/lr4e-4_s{seed}", lr=4e-4, seed=seed, main=main)
+    fake_run(runs, "full/lr2e-5", lr=2e-5, main=0.72, fine_tune_type="full_ft", epochs=3)
+    fake_run(runs, "qi/mrpc", task="mrpc", main=0.80, bias_terms=["intermediate", "query"])
+
+    found, skipped = report.collect([runs])
+    cells, more = report.select(found)
+    assert skipped == more == []
+    rte = next(c for c in cells if c.key.method == "bitfit" and c.key.task == "rte")
+    assert rte.lr == 4e-4 and [r.seed for r in rte.runs] == [0, 1]
+    assert rte.main().mean == pytest.approx(0.67) and rte.main().std == pytest.approx(0.0141421, rel=1e-4)
+    assert rte.main(1e-3).mean == pytest.approx(0.65) and rte.main(1e-3).n == 3
+
+    out = report.write_report([runs], tmp_path / "out", deltas=False)
+    text = out.read_text()
+    table = text.split("## minilm, full training sets\n\n", 1)[1].split("\n\n", 1)[0]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()}
+    assert list(rows)[2:] == ["full_ft", "bitfit", "bitfit (query, intermediate)"]  # the paper's row order
+    assert "MRPC (F1 / acc)" in rows["method"] and "RTE (acc)" in rows["method"]
+    assert "| 67.0 ± 1.4 |" in rows["bitfit"] and "| 72.0 |" in rows["full_ft"]  # one seed: no ±
+    assert "| 80.0 / 70.0 |" in rows["bitfit (query, intermediate)"]
+    assert "0.0004 (2 seeds of 2 rates)" in text
+    grid = (tmp_path / "out" / "grid.md").read_text()
+    assert "**0.0004**" in grid and "**67.0 ± 1.4**" in grid and "65.0 ± 5.0" in grid
+    assert len(list((tmp_path / "out" / "figures").glob("curves_*.png"))) == 3
+    assert "None: every run folder found was used." in text
+
+
+def test_skipped_runs_are_listed_with_their_reason_and_never_mixed(tmp_path):
+    runs = tmp_path / "runs"
+    fake_run(runs, "ok0", seed=0, main=0.60)
+    fake_run(runs, "ok1", seed=1, main=0.62)
+    fake_run(runs, "old_no_status", seed=2, main=0.64, status=None)  # before results.json had a status: complete
+    fake_run(runs, "more_epochs", seed=3, main=0.99, epochs=5)
+    fake_run(runs, "ok0_copy", seed=0, main=0.10)  # same lr and seed as ok0
+    fake_run(runs, "stopped", seed=4, status="interrupted")
+    fake_run(runs, "nan", seed=5, status="diverged")
+    fake_run(runs, "running", seed=6, results=False)
+    ckpt = fake_run(runs, "killed", seed=7, results=False) / "checkpoint"
+    ckpt.mkdir()
+    (ckpt / "state.json").write_text(json.dumps({"epoch": 1}))
+    (fake_run(runs, "garbled", seed=8) / "results.json").write_text("{not json")
+    model = runs / "merged_model"  # a Hugging Face model folder is not a run
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "bert"}))
+
+    readme = report.write_report([runs], tmp_path / "out", deltas=False)
+    reasons = skipped_reasons(readme)
+    base = runs.as_posix()
+    assert set(reasons) == {f"{base}/{n}" for n in ("more_epochs", "ok0_copy", "stopped", "nan", "running", "killed", "garbled")}
+    assert reasons[f"{base}/more_epochs"].startswith("different settings: epochs=5, where the other")
+    assert "epochs=2; not mixed" in reasons[f"{base}/more_epochs"]
+    assert reasons[f"{base}/ok0_copy"] == ("duplicate: same method, task, model, training size, learning rate and "
+                                           f"seed as {base}/ok0")
+    assert reasons[f"{base}/stopped"].startswith("incomplete: interrupted after epoch 2 of 2")
+    assert reasons[f"{base}/nan"].startswith("failed: diverged")
+    assert "2 of 2 epochs in metrics.jsonl" in reasons[f"{base}/running"]
+    assert "checkpoint after epoch 1 of 2" in reasons[f"{base}/killed"] and "--resume" in reasons[f"{base}/killed"]
+    assert reasons[f"{base}/garbled"].startswith("failed: unreadable results.json")
+    assert "| 62.0 ± 2.0 |" in readme.read_text()  # ok0, ok1, old_no_status; the 0.99 and 0.10 runs left out
+
+
+def test_data_size_curve_and_one_table_per_training_size(tmp_path):
+    runs = tmp_path / "runs"
+    for n, (bitfit, full) in {100: (0.55, 0.52), 1000: (0.62, 0.63), None: (0.70, 0.74)}.items():
+        size = {} if n is None else {"max_train_samples": n}
+        fake_run(runs, f"bitfit_{n}", main=bitfit, train_size=n or 2490, **size)
+        fake_run(runs, f"full_{n}", main=full, train_size=n or 2490, fine_tune_type="full_ft", **size)
+    fake_run(runs, "frozen", main=0.5, fine_tune_type="frozen")  # one size only: no line of its own
+    text = report.write_report([runs], tmp_path / "out", deltas=False).read_text()
+    titles = re.findall(r"^## (.+)$", text, re.M)
+    assert titles[:3] == ["minilm, full training sets", "minilm, first 100 training examples",
+                          "minilm, first 1,000 training examples"]
+    section = text.split("## Training-set size", 1)[1]
+    assert "| method | 100 | 1,000 | 2,490 |" in section
+    assert "| full_ft | 52.0 | 63.0 | 74.0 |" in section and "| bitfit | 55.0 | 62.0 | 70.0 |" in section
+    assert "frozen" not in section.split("## Skipped runs")[0]
+    assert (tmp_path / "out" / "figures" / "data_size_minilm_rte.png").stat().st_size > 1000
+
+
+def test_output_folder_is_not_overwritten_unless_asked(tmp_path):
+    runs = tmp_path / "runs"
+    fake_run(runs, "a")
+    out = tmp_path / "out"
+    report.write_report([runs], out, deltas=False)
+    stale = out / "figures" / "curves_old.png"
+    stale.write_bytes(b"x")
+    with pytest.raises(report.UserError, match="not empty"):
+        report.write_report([runs], out, deltas=False)
+    report.write_report([runs], out, overwrite=True, deltas=False)
+    assert not stale.exists() and (out / "README.md").is_file()
+    with pytest.raises(report.UserError, match="no run folder"):
+        report.write_report([tmp_path / "out" / "figures"], tmp_path / "out2")
+
+
+# ---------------------------------------------------------------------------------------------
+# Real tiny runs: the delta figures
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory) -> Path:
+    """A tiny BERT whose biases are not zero (random init gives zeros), so b_initial matters."""
+    from transformers import AutoModel
+
+    folder = make_tiny_model_dir(tmp_path_factory.mktemp("base"), "bert", seed=3)
+    model = AutoModel.from_pretrained(folder)
+    torch.manual_seed(4)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.normal_(0.0, 0.5)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, base_dir) -> Path:
+    root = tmp_path_factory.mktemp("trained")
+    glue = make_glue_dir(root / "glue")
+    runs = root / "runs"
+    common = ("-t", "rte", "-m", base_dir, "--data-dir", glue, "-e", 1, "--no-verbose", "--max-eval-samples", 8)
+    for name, args in {"bitfit": ("-f", "bitfit", "-l", "1e-2"),
+                       "bitfit_qi": ("-f", "bitfit", "-l", "1e-2", "--bias-terms", "query", "intermediate"),
+                       "full_ft": ("-f", "full_ft", "-l", "1e-3")}.items():
+        assert run_cli("-o", runs / name, *common, *args) == 0
+    return runs
+
+
+def _base_weights(base_dir: Path) -> dict[str, torch.Tensor]:
+    """Read straight from the checkpoint, whose names lack the task model's ``bert.`` prefix."""
+    return {f"bert.{k}": v for k, v in load_file(base_dir / "model.safetensors").items()}
+
+
+def test_bias_change_is_mean_abs_difference_from_the_pretrained_bias(trained, base_dir):
+    from bitfit.delta import read
+
+    base = _base_weights(base_dir)
+    delta = read(trained / "bitfit").tensors
+    change = report.bias_change(read(trained / "bitfit"), report.Bases())
+    assert set(change) == {(role, layer) for role in report.ROLE_LABEL for layer in (0, 1)}
+    for (role, layer), name in {("query", 0): "attention.self.query", ("intermediate", 1): "intermediate.dense",
+                                ("attention_output", 1): "attention.output.dense",
+                                ("output_layernorm", 0): "output.LayerNorm"}.items():
+        key = f"bert.encoder.layer.{layer}.{name}.bias"
+        assert change[(role, layer)] == pytest.approx(float((delta[key] - base[key]).abs().mean()), rel=1e-6)
+        assert change[(role, layer)] < 0.5 * float(delta[key].abs().mean())  # measured from b_initial, not from 0
+
+    subset = report.bias_change(read(trained / "bitfit_qi"), report.Bases())
+    assert {role for role, _ in subset} == {"query", "intermediate"} and all(v > 0 for v in subset.values())
+
+
+def test_full_ft_distance_per_layer_and_the_report_draws_both_figures(trained, base_dir, tmp_path):
+    from bitfit.delta import read
+
+    base = _base_weights(base_dir)
+    delta = read(trained / "full_ft").tensors
+    dist = report.layer_distance(read(trained / "full_ft"), report.Bases())
+    assert list(dist) == ["embeddings", "0", "1", "pooler"]
+    names = [k for k in base if k.startswith("bert.encoder.layer.1.")]
+    diff = sum(float(((delta[k] - base[k]) ** 2).sum()) for k in names) ** 0.5
+    norm = sum(float((base[k] ** 2).sum()) for k in names) ** 0.5
+    assert dist["1"] == pytest.approx((diff / norm, diff), rel=1e-6) and diff > 0
+
+    readme = report.write_report([trained], tmp_path / "out")
+    text = readme.read_text()
+    figures = {p.name for p in (tmp_path / "out" / "figures").iterdir()}
+    slug = f"{base_dir.name}_full_rte"
+    assert {f"bias_change_{slug}_bitfit.png", f"bias_change_{slug}_bitfit_query_intermediate.png",
+            f"distance_{slug}_full_ft.png"} <= figures
+    assert f"(figures/bias_change_{slug}_bitfit.png)" in text and f"(figures/distance_{slug}_full_ft.png)" in text
+    assert "## Figures not drawn" not in text
+
+
+def test_bias_change_refuses_a_base_other_than_the_one_trained_on(trained, base_dir, tmp_path):
+    from bitfit.delta import read
+
+    d = read(trained / "bitfit")
+    d.meta["fingerprint"] = "sha256:" + "0" * 64
+    with pytest.raises(report.UserError, match="other weights than the run was trained on"):
+        report.bias_change(d, report.Bases())
+
+
+def test_python_m_bitfit_report(trained, tmp_path):
+    env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "bitfit.report", str(trained), "-o", str(tmp_path / "out"), "--no-deltas", "--no-verbose"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(tmp_path / "out" / "README.md")
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    fake_run(tmp_path / "runs", "a")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    for argv, message in (([str(tmp_path / "runs"), "-o", str(tmp_path / "out")], "pass --overwrite"),
+                          ([str(tmp_path / "nowhere"), "-o", str(tmp_path / "o2")], "does not exist"),
+                          ([str(tmp_path / "runs")], "required: --output/-o")):
+        assert report.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and err.startswith("python -m bitfit report: error: ")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"] and not (tmp_path / "o2").exists()
