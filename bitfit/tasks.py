@@ -27,6 +27,7 @@ class Split:
     folder: str | None = None  # a different GLUE folder (the diagnostic set lives in "diagnostic")
     hub_config: str | None = None  # a different nyu-mll/glue config ("ax")
     text_columns: tuple[int, ...] | None = None  # TSV text columns, if not the task's (the diagnostic set's)
+    rows: int | None = None  # test splits: the GLUE test set's size, which a submission must match
 
 
 @dataclass(frozen=True)
@@ -65,37 +66,37 @@ class GlueTask:
 _DEV = (Split("dev", "dev.tsv", "validation"),)
 
 
-def _test(submission: str) -> tuple[Split, ...]:
-    return (Split("test", "test.tsv", "test", submission),)
+def _test(submission: str, rows: int) -> tuple[Split, ...]:
+    return (Split("test", "test.tsv", "test", submission, rows=rows),)
 
 
 TASKS: dict[str, GlueTask] = {
     t.name: t
     for t in (
         GlueTask("cola", "CoLA", ("0", "1"), (3,), 1, (1,), ("sentence",), ("mcc", "accuracy"),
-                 _DEV, _test("CoLA.tsv"), header=False),
+                 _DEV, _test("CoLA.tsv", 1063), header=False),
         GlueTask("sst2", "SST-2", ("0", "1"), (0,), 1, (1,), ("sentence",), ("accuracy",),
-                 _DEV, _test("SST-2.tsv")),
+                 _DEV, _test("SST-2.tsv", 1821)),
         GlueTask("mrpc", "MRPC", ("0", "1"), (3, 4), 0, (3, 4), ("sentence1", "sentence2"),
-                 ("f1", "accuracy"), _DEV, _test("MRPC.tsv")),
+                 ("f1", "accuracy"), _DEV, _test("MRPC.tsv", 1725)),
         GlueTask("stsb", "STS-B", None, (7, 8), -1, (7, 8), ("sentence1", "sentence2"),
-                 ("pearson", "spearmanr"), _DEV, _test("STS-B.tsv")),
+                 ("pearson", "spearmanr"), _DEV, _test("STS-B.tsv", 1379)),
         GlueTask("qqp", "QQP", ("0", "1"), (3, 4), 5, (1, 2), ("question1", "question2"),
-                 ("f1", "accuracy"), _DEV, _test("QQP.tsv")),
+                 ("f1", "accuracy"), _DEV, _test("QQP.tsv", 390965)),
         GlueTask("mnli", "MNLI", ("contradiction", "entailment", "neutral"), (8, 9), -1, (8, 9),
                  ("premise", "hypothesis"), ("accuracy",),
                  (Split("dev_matched", "dev_matched.tsv", "validation_matched"),
                   Split("dev_mismatched", "dev_mismatched.tsv", "validation_mismatched")),
-                 (Split("test_matched", "test_matched.tsv", "test_matched", "MNLI-m.tsv"),
-                  Split("test_mismatched", "test_mismatched.tsv", "test_mismatched", "MNLI-mm.tsv"),
+                 (Split("test_matched", "test_matched.tsv", "test_matched", "MNLI-m.tsv", rows=9796),
+                  Split("test_mismatched", "test_mismatched.tsv", "test_mismatched", "MNLI-mm.tsv", rows=9847),
                   Split("ax", "diagnostic.tsv", "test", "AX.tsv", folder="diagnostic", hub_config="ax",
-                        text_columns=(1, 2)))),
+                        text_columns=(1, 2), rows=1104))),
         GlueTask("qnli", "QNLI", ("entailment", "not_entailment"), (1, 2), -1, (1, 2),
-                 ("question", "sentence"), ("accuracy",), _DEV, _test("QNLI.tsv")),
+                 ("question", "sentence"), ("accuracy",), _DEV, _test("QNLI.tsv", 5463)),
         GlueTask("rte", "RTE", ("entailment", "not_entailment"), (1, 2), -1, (1, 2),
-                 ("sentence1", "sentence2"), ("accuracy",), _DEV, _test("RTE.tsv")),
+                 ("sentence1", "sentence2"), ("accuracy",), _DEV, _test("RTE.tsv", 3000)),
         GlueTask("wnli", "WNLI", ("0", "1"), (1, 2), -1, (1, 2), ("sentence1", "sentence2"),
-                 ("accuracy",), _DEV, _test("WNLI.tsv")),
+                 ("accuracy",), _DEV, _test("WNLI.tsv", 146)),
     )
 }
 

@@ -38,7 +38,6 @@ from .tasks import GlueTask, get_task
 
 log = logging.getLogger("bitfit")
 
-DELTA_FORMAT = "bitfit-delta/1"
 PROBE_STEPS = 50  # --layers auto:K: full fine-tuning steps of the probe run
 PROBE_LR = 2e-5
 
