@@ -13,15 +13,8 @@ import argparse
 import sys
 
 from bitfit.config import FINE_TUNE_TYPES, OPTIMIZERS, PRECISIONS, SCHEDULERS, RunConfig
-from bitfit.errors import RunStopped, UserError
+from bitfit.errors import OneLineErrors, RunStopped, UserError
 from bitfit.policies import BIAS_ROLES
-
-
-class OneLineErrors(argparse.ArgumentParser):
-    """Bad flags get one line (not the whole usage) and exit status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see -h)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,6 +3,7 @@
     python -m bitfit merge runs/rte -o merged/rte
     python -m bitfit predict --delta runs/rte runs/stsb --input pairs.jsonl -o predictions/
     python -m bitfit submit runs/* -o glue_submission.zip --data-dir ../shared/glue_data
+    python -m bitfit report runs/ -o report/
 
 Training itself is ``python run_glue.py``. Each command lives in the module named below, which
 offers ``build_parser(parser)`` (adds its flags) and ``cli(args) -> int``; adding a command is one
@@ -15,20 +16,14 @@ import argparse
 import importlib
 import sys
 
-from .errors import UserError
+from .errors import OneLineErrors, UserError
 
 COMMANDS: dict[str, tuple[str, str]] = {  # name -> (module, one-line description)
     "merge": ("bitfit.delta", "write a standalone Hugging Face model folder: the base with a run's delta applied"),
     "predict": ("bitfit.serve", "predict with one or more task deltas on one shared backbone"),
     "submit": ("bitfit.submit", "collect runs' test predictions into a GLUE submission zip, checked"),
+    "report": ("bitfit.report", "the paper's tables and figures from a tree of run folders"),
 }
-
-
-class OneLineErrors(argparse.ArgumentParser):
-    """Bad flags get one line (not the whole usage) and exit status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see -h)\n")
 
 
 def usage() -> str:

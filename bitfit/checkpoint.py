@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
+import signal
+import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -155,3 +159,58 @@ def remove(run_dir: Path) -> None:
         for f in folder.iterdir():
             f.unlink()
         folder.rmdir()
+
+
+class Interrupt:
+    """SIGINT/SIGTERM set a flag that the loop checks after every step; a second signal acts at once."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        return False
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        for sig, handler in self._old.items():  # a second Ctrl-C is not caught
+            signal.signal(sig, handler)
+
+    def poll(self, global_step: int) -> bool:
+        return self.signum is not None
+
+
+RESUMABLE_CHANGES = {"resume", "overwrite", "verbose", "keep_checkpoint", "eval_batch_size"}
+
+
+def check_resumable(cfg, out: Path) -> None:
+    """--resume: the folder holds a checkpoint of a run with the same settings."""
+    if not (out / "config.json").is_file():
+        raise UserError(f"nothing to resume in {str(out)!r}: no config.json (start the run without --resume)")
+    if not exists(out):
+        done = (out / "results.json").is_file() and json.loads((out / "results.json").read_text()).get("status") == "complete"
+        raise UserError(f"nothing to resume in {str(out)!r}: " + ("the run is already complete" if done else
+                        "no checkpoint (none was written before it stopped)"))
+    saved = json.loads((out / "config.json").read_text())["config"]
+    mine = cfg.to_dict()
+    changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and saved.get(k) != mine[k])
+    if changed:
+        k = changed[0]
+        raise UserError(f"--resume with {k}={mine[k]!r} but the run was started with {k}={saved.get(k)!r}; "
+                        f"resume with the original settings (may differ: {', '.join(sorted(RESUMABLE_CHANGES))})")
+
+
+def resume_command(cfg) -> str:
+    argv = sys.argv
+    if argv and argv[0].endswith("run_glue.py"):
+        args = [a for a in argv[1:] if a != "--overwrite"]
+        return shlex.join(["python", argv[0], *args] + ([] if "--resume" in args else ["--resume"]))
+    return f"run(RunConfig(**{{...as before}}, resume=True)) with output_path={cfg.output_path!r}"

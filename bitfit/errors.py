@@ -1,4 +1,6 @@
-"""The one exception type for mistakes a user can fix; the CLI prints it as one line and exits 2."""
+"""Errors a user can act on: bad input (one line, exit 2) and runs that stopped early."""
+
+import argparse
 
 
 class UserError(ValueError):
@@ -11,3 +13,10 @@ class RunStopped(RuntimeError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """Bad flags get one line (not the whole usage) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see -h)\n")

@@ -10,14 +10,11 @@ Everything that can be wrong with the input is checked before the run folder is 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import resource
-import shlex
 import signal
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -184,33 +181,6 @@ def _subset(examples, limit):
     return examples if limit is None else examples[:limit]
 
 
-class Interrupt:
-    """SIGINT/SIGTERM set a flag that the loop checks after every step; a second signal acts at once."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old: dict[int, object] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
-        return False
-
-    def _handle(self, signum, frame):
-        self.signum = signum
-        for sig, handler in self._old.items():  # a second Ctrl-C is not caught
-            signal.signal(sig, handler)
-
-    def poll(self, global_step: int) -> bool:
-        return self.signum is not None
-
-
 @dataclass
 class Setup:
     """A validated run, before anything is written: data, model, policy, accelerator."""
@@ -232,7 +202,7 @@ def prepare(cfg: RunConfig) -> Setup:
     task = get_task(cfg.task_name)
     out = Path(cfg.output_path)
     if cfg.resume:
-        check_resumable(cfg, out)
+        checkpoint.check_resumable(cfg, out)
     else:
         io.check_output_folder(cfg.output_path, cfg.overwrite)
     splits = load_glue(task, cfg.data_dir, with_test=cfg.predict_test)
@@ -255,26 +225,6 @@ def prepare(cfg: RunConfig) -> Setup:
     return Setup(cfg, task, splits, encoded, tokenizer, model, fresh, sel, accelerator, out)
 
 
-RESUMABLE_CHANGES = {"resume", "overwrite", "verbose", "keep_checkpoint", "eval_batch_size"}
-
-
-def check_resumable(cfg: RunConfig, out: Path) -> None:
-    """--resume: the folder holds a checkpoint of a run with the same settings."""
-    if not (out / "config.json").is_file():
-        raise UserError(f"nothing to resume in {str(out)!r}: no config.json (start the run without --resume)")
-    if not checkpoint.exists(out):
-        done = (out / "results.json").is_file() and json.loads((out / "results.json").read_text()).get("status") == "complete"
-        raise UserError(f"nothing to resume in {str(out)!r}: " + ("the run is already complete" if done else
-                        "no checkpoint (none was written before it stopped)"))
-    saved = json.loads((out / "config.json").read_text())["config"]
-    mine = cfg.to_dict()
-    changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and saved.get(k) != mine[k])
-    if changed:
-        k = changed[0]
-        raise UserError(f"--resume with {k}={mine[k]!r} but the run was started with {k}={saved.get(k)!r}; "
-                        f"resume with the original settings (may differ: {', '.join(sorted(RESUMABLE_CHANGES))})")
-
-
 def open_run_folder(su: Setup) -> None:
     """Create the folder (main process only, after every process has checked it) and write config.json."""
     su.accelerator.wait_for_everyone()
@@ -289,14 +239,6 @@ def open_run_folder(su: Setup) -> None:
         "config": su.cfg.to_dict(), "model_path": resolve_model(su.cfg.model_name), "task": su.task.glue_name,
         "policy_notes": su.sel.notes, "device": str(su.accelerator.device),
         "num_processes": su.accelerator.num_processes, "environment": io.environment()})
-
-
-def resume_command(cfg: RunConfig) -> str:
-    argv = sys.argv
-    if argv and argv[0].endswith("run_glue.py"):
-        args = [a for a in argv[1:] if a != "--overwrite"]
-        return shlex.join(["python", argv[0], *args] + ([] if "--resume" in args else ["--resume"]))
-    return f"run(RunConfig(**{{...as before}}, resume=True)) with output_path={cfg.output_path!r}"
 
 
 def run(cfg: RunConfig) -> dict:
@@ -358,7 +300,7 @@ def run(cfg: RunConfig) -> dict:
 
     # ---- fit
     model.train()
-    with Interrupt() as interrupt:
+    with checkpoint.Interrupt() as interrupt:
         for epoch in range(st.epoch + 1, cfg.epochs + 1):
             # accelerate's loader hands its own epoch counter to the sampler (one process) or none at all
             # (several, behind BatchSamplerShard): set both, so the order depends on (seed, epoch) alone
@@ -394,7 +336,7 @@ def run(cfg: RunConfig) -> dict:
                     sig = signal.Signals(interrupt.signum or signal.SIGINT)
                     _stop(su, st, counts, started, "interrupted",
                           f"{sig.name} during epoch {epoch}: stopped; epochs 1-{st.epoch} are kept. Resume with:\n  "
-                          f"{resume_command(cfg)}", exit_code=128 + sig.value)
+                          f"{checkpoint.resume_command(cfg)}", exit_code=128 + sig.value)
             epoch_time = time.perf_counter() - t0
             if accelerator.num_processes > 1:  # every process's share of the epoch
                 loss_sum, seen = accelerator.reduce(torch.tensor([loss_sum, seen], dtype=torch.float64,
@@ -449,7 +391,7 @@ def _stop(su: Setup, st, counts, started, status: str, message: str, exit_code: 
     if su.accelerator.is_main_process:
         results = _results(su, st, counts, started, status) | {"message": message}
         if status == "interrupted":
-            results["resume_command"] = resume_command(su.cfg)
+            results["resume_command"] = checkpoint.resume_command(su.cfg)
         io.write_json(su.out / "results.json", results)
     raise RunStopped(message, exit_code)
 

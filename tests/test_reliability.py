@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bitfit import train
+from bitfit import checkpoint, train
 from bitfit.config import RunConfig
 from bitfit.data import read_tsv
 from bitfit.errors import RunStopped, UserError
@@ -58,7 +58,7 @@ def interrupt_at(monkeypatch, step: int, signum=signal.SIGINT):
             self.signum = signum
         return self.signum is not None
 
-    monkeypatch.setattr(train.Interrupt, "poll", poll)
+    monkeypatch.setattr(checkpoint.Interrupt, "poll", poll)
 
 
 def strip_times(rows):
