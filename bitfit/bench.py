@@ -81,9 +81,10 @@ def _model_and_data(args, regime: str):
     cfg = RunConfig(output_path="-", task_name=task.name, fine_tune_type=policy, bias_terms=terms)
     sel = policies.select(model, cfg)
     policies.apply(model, sel)
-    train = encode(splits["train"], tok, args.max_seq_length, task.is_regression)
+    # the timed batches come from the first examples; the epoch estimate uses the whole training set
+    train = encode(splits["train"][:args.max_train_samples], tok, args.max_seq_length, task.is_regression)
     dev = encode(splits[task.main_dev_split], tok, args.max_seq_length, task.is_regression)
-    return task, tok, model, sel, fresh, train, dev
+    return task, tok, model, sel, fresh, train, dev, len(splits["train"])
 
 
 def _batches(train, tok, batch_size: int, steps: int, pad_to: int | None, grouped: bool):
@@ -134,7 +135,7 @@ def measure(args, regime: str) -> dict:
 
     setup_logging(False)
     device = torch.device(args.device)
-    task, tok, model, sel, fresh, train, dev = _model_and_data(args, regime)
+    task, tok, model, sel, fresh, train, dev, n_train = _model_and_data(args, regime)
     model.to(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -182,7 +183,7 @@ def measure(args, regime: str) -> dict:
         else:
             model.save_pretrained(tmp)
             size = os.path.getsize(f"{tmp}/model.safetensors")
-    n_train, n_dev = len(train), len(dev)
+    n_dev = len(dev)
     epoch_seconds = n_train / (samples / seconds) + n_dev / eval_rate + (n_train / eval_rate if regime == "original" else 0)
     return {"regime": regime, "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
             "peak_mb": peak, "checkpoint_bytes": size, "eval_samples_per_s": eval_rate,
@@ -247,6 +248,8 @@ def _forward(args) -> list[str]:
         out += ["--data-dir", args.data_dir]
     if args.random_init:
         out += ["--random-init"]
+    if args.max_train_samples:
+        out += ["--max-train-samples", str(args.max_train_samples)]
     return out
 
 
@@ -324,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="minilm", help="model name or folder (see run_glue.py -m)")
     p.add_argument("--random-init", action="store_true", help="random weights of the model's shape (speed only)")
     p.add_argument("--data-dir", default=os.environ.get("GLUE_DIR"), help="GLUE TSV folder")
+    p.add_argument("--max-train-samples", type=int, default=None, help="draw timed batches from the first N examples")
     p.add_argument("--batch-size", type=int, default=32, help="training batch size")
     p.add_argument("--eval-batch-size", type=int, default=64, help="evaluation batch size")
     p.add_argument("--steps", type=int, default=20, help="timed training steps per measurement (after 3 warm-up)")

@@ -15,15 +15,6 @@ from bitfit.errors import UserError
 from conftest import tiny_classifier
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy machine they spin: 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def cfg(fine_tune_type="bitfit", **kw):
     base = dict(fine_tune_type=fine_tune_type, bias_terms=None, layers=None, rand_budget=None, mask_sparsity=0.01, seed=0)
     base.update(kw)
