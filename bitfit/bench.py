@@ -111,6 +111,11 @@ def _peak_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _rss_now_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def _eval_rate(model, batches, device) -> float:
     import torch
 
@@ -143,6 +148,7 @@ def measure(args, regime: str) -> dict:
     ours = regime in ("full_ft", "bitfit", "bitfit_qi", "frozen")
     pad_to = None if regime in ("full_ft", "bitfit", "bitfit_qi", "frozen", "hf_trainer_best") else args.max_seq_length
     batches = _batches(train, tok, args.batch_size, warm + args.steps, pad_to, grouped=regime not in ("hf_trainer", "original"))
+    baseline = _rss_now_mb() if device.type == "cpu" else torch.cuda.memory_allocated(device) / 2**20
     tokens = sum(b["input_ids"].numel() for b in batches[warm:])
     samples = sum(b["input_ids"].shape[0] for b in batches[warm:])
     if regime.startswith("hf_trainer"):
@@ -165,7 +171,7 @@ def measure(args, regime: str) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-    peak = _peak_mb(device)
+    peak = _peak_mb(device)  # the process's peak; less the baseline: what training itself added
     eval_pad = args.max_seq_length if regime in ("hf_trainer", "original") else None
     eval_batches = _batches(dev, tok, args.eval_batch_size, 4, eval_pad, grouped=False)
     eval_rate = _eval_rate(model, eval_batches, device)
@@ -186,7 +192,7 @@ def measure(args, regime: str) -> dict:
     n_dev = len(dev)
     epoch_seconds = n_train / (samples / seconds) + n_dev / eval_rate + (n_train / eval_rate if regime == "original" else 0)
     return {"regime": regime, "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
-            "peak_mb": peak, "checkpoint_bytes": size, "eval_samples_per_s": eval_rate,
+            "peak_mb": peak, "training_mb": peak - baseline, "checkpoint_bytes": size, "eval_samples_per_s": eval_rate,
             "epoch_seconds": epoch_seconds, "non_embedding_params": _non_embedding(model)}
 
 
@@ -223,7 +229,11 @@ def _trainer_seconds(args, model, batches, warm: int, tok) -> float:
                               learning_rate=1e-4, report_to=[], save_strategy="no", eval_strategy="no",
                               logging_strategy="no", dataloader_num_workers=0, use_cpu=args.device == "cpu",
                               disable_tqdm=True)
-    trainer = Trainer(model=model, args=targs, train_dataset=Fixed(), data_collator=lambda items: items[0],
+    class InOrder(Trainer):  # the same batches in the same order as the other regimes (Trainer shuffles)
+        def _get_train_sampler(self, *args, **kwargs):
+            return torch.utils.data.SequentialSampler(self.train_dataset)
+
+    trainer = InOrder(model=model, args=targs, train_dataset=Fixed(), data_collator=lambda items: items[0],
                       callbacks=[timer])
     trainer.train()
     return timer.seconds
@@ -267,13 +277,15 @@ def summarize(rows: list[dict], gflops: float) -> dict[str, dict]:
 
 def markdown(summary: dict[str, dict], header: str) -> str:
     base = summary.get("full_ft")
-    lines = [header, "", "| regime | samples/s | x full_ft | tokens/s | % of bound | peak MB | x full_ft | checkpoint | epoch s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [header, "", "| regime | samples/s | x full_ft | tokens/s | % of bound | peak MB | x full_ft | added by training MB | x full_ft | checkpoint | epoch s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for regime, m in summary.items():
         speed = f"{m['samples_per_s'] / base['samples_per_s']:.2f}" if base else "-"
         mem = f"{m['peak_mb'] / base['peak_mb']:.2f}" if base else "-"
+        added = f"{m['training_mb'] / base['training_mb']:.2f}" if base and base["training_mb"] > 0 else "-"
         lines.append(f"| {regime} | {m['samples_per_s']:.1f} | {speed} | {m['tokens_per_s']:.0f} | "
-                     f"{m['percent_of_bound']:.0f}% | {m['peak_mb']:.0f} | {mem} | {_size(m['checkpoint_bytes'])} | "
+                     f"{m['percent_of_bound']:.0f}% | {m['peak_mb']:.0f} | {mem} | {m['training_mb']:.0f} | {added} | "
+                     f"{_size(m['checkpoint_bytes'])} | "
                      f"{m['epoch_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
