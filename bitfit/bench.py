@@ -7,6 +7,7 @@ every repetition, and the median of the repetitions is reported. Regimes:
 
   full_ft, bitfit, bitfit_qi, frozen   this tool: length-grouped batches padded per batch, foreach AdamW
                                        over the trainable tensors only
+  bitfit_attn0                         bitfit with --attention-dropout 0 (PyTorch's fused attention in training)
   hf_trainer                           transformers' Trainer with BitFit's parameters frozen, run_glue.py's
                                        defaults (every example padded to --max-seq-length)
   hf_trainer_best                      the same Trainer at its best: dynamic padding + group_by_length
@@ -33,10 +34,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REGIMES = ("full_ft", "bitfit", "bitfit_qi", "frozen", "hf_trainer", "hf_trainer_best", "original")
-FLOP_FACTOR = {"full_ft": 3, "bitfit": 2, "bitfit_qi": 2, "frozen": 1, "hf_trainer": 2, "hf_trainer_best": 2,
+REGIMES = ("full_ft", "bitfit", "bitfit_qi", "bitfit_attn0", "frozen", "hf_trainer", "hf_trainer_best", "original")
+OURS = ("full_ft", "bitfit", "bitfit_qi", "bitfit_attn0", "frozen")
+FLOP_FACTOR = {"full_ft": 3, "bitfit": 2, "bitfit_qi": 2, "bitfit_attn0": 2, "frozen": 1, "hf_trainer": 2, "hf_trainer_best": 2,
                "original": 2}
 POLICY = {"full_ft": ("full_ft", None), "bitfit": ("bitfit", None), "bitfit_qi": ("bitfit", ["query", "intermediate"]),
+          "bitfit_attn0": ("bitfit", None),
           "frozen": ("frozen", None), "hf_trainer": ("bitfit", None), "hf_trainer_best": ("bitfit", None),
           "original": ("bitfit", None)}
 
@@ -74,7 +77,7 @@ def _model_and_data(args, regime: str):
     task = get_task(args.task)
     splits = load_glue(task, args.data_dir)
     tok = load_tokenizer(args.model)
-    model, fresh = load_model(args.model, task)
+    model, fresh = load_model(args.model, task, attention_dropout=0.0 if regime == "bitfit_attn0" else None)
     if args.random_init:  # speed does not depend on the weights: a random model of the same shape
         model = type(model)(model.config)
     policy, terms = POLICY[regime]
@@ -145,8 +148,8 @@ def measure(args, regime: str) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     warm = 3
-    ours = regime in ("full_ft", "bitfit", "bitfit_qi", "frozen")
-    pad_to = None if regime in ("full_ft", "bitfit", "bitfit_qi", "frozen", "hf_trainer_best") else args.max_seq_length
+    ours = regime in OURS
+    pad_to = None if ours or regime == "hf_trainer_best" else args.max_seq_length
     batches = _batches(train, tok, args.batch_size, warm + args.steps, pad_to, grouped=regime not in ("hf_trainer", "original"))
     baseline = _rss_now_mb() if device.type == "cpu" else torch.cuda.memory_allocated(device) / 2**20
     tokens = sum(b["input_ids"].numel() for b in batches[warm:])
@@ -306,6 +309,7 @@ def ratios(summary: dict[str, dict]) -> list[str]:
              ("bitfit vs hf_trainer (run_glue defaults), speed", r("bitfit", "hf_trainer")),
              ("bitfit vs hf_trainer_best, speed", r("bitfit", "hf_trainer_best")),
              ("bitfit vs original recipe, speed", r("bitfit", "original")),
+             ("bitfit with attention dropout 0 vs bitfit, speed", r("bitfit_attn0", "bitfit")),
              ("original recipe vs bitfit, epoch time", r("original", "bitfit", "epoch_seconds"))]
     for name, value in pairs:
         if value is not None:
