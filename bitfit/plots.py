@@ -26,7 +26,10 @@ def plot_learning_curves(history: list[dict], metrics: tuple[str, ...], path: Pa
                     ax_metric.plot(epochs, [r[m] for r in rows], marker="o", label=f"{split} {m}")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_metric.set(xlabel="epoch", ylabel="metric", title="dev metrics")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_metric):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
