@@ -70,11 +70,16 @@ def fingerprint(model: torch.nn.Module, exclude=()) -> str:
     prefix = getattr(model, "base_model_prefix", "") + "."
     h = hashlib.sha256(FINGERPRINT_VERSION)
     params = {n.removeprefix(prefix): p for n, p in model.named_parameters() if n not in head and n not in skip}
-    for name in sorted(params):
-        t = params[name].detach().to("cpu").contiguous()
+    _hash_tensors(h, params)
+    return "sha256:" + h.hexdigest()
+
+
+def _hash_tensors(h, tensors: dict[str, torch.Tensor]) -> None:
+    """Feed each tensor's name, dtype, shape and bytes to ``h``, in name order."""
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
         h.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}\n".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().data)
-    return "sha256:" + h.hexdigest()
 
 
 @contextlib.contextmanager
@@ -130,9 +135,18 @@ def save(path: Path, model, sel, fresh: list[str], cfg, task: GlueTask, epoch: i
         "fingerprint": base_fp, "task": task.name, "labels": json.dumps(list(task.labels) if task.labels else None),
         "policy": cfg.fine_tune_type, "bias_terms": json.dumps(cfg.bias_terms), "best_epoch": str(epoch),
         "config": json.dumps(cfg.to_dict()), "versions": json.dumps(versions()),
+        "tensors_sha256": tensors_digest(tensors),
     }
     io.write_safetensors(Path(path), tensors, meta)
     return meta
+
+
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes: a delta whose tensors changed after
+    it was written (a flipped bit, an edited value) no longer matches the digest in its metadata."""
+    h = hashlib.sha256()
+    _hash_tensors(h, tensors)
+    return "sha256:" + h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,6 +217,9 @@ def read(path: str | os.PathLike) -> Delta:
     if missing:
         raise UserError(f"{p} lacks metadata {', '.join(missing)}; accepted: a delta.safetensors written by a bitfit run")
     get_task(meta["task"])
+    if "tensors_sha256" in meta and tensors_digest(tensors) != meta["tensors_sha256"]:
+        raise UserError(f"{p}: its tensors do not match the digest recorded when it was written (corrupted or "
+                        "modified); refusing to use it")
     return Delta(p, tensors, meta)
 
 

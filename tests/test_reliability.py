@@ -276,3 +276,22 @@ def test_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path, 
             assert x["accuracy"] == y["accuracy"]
     assert (tmp_path / "one" / "RTE.tsv").read_text() == (tmp_path / "two" / "RTE.tsv").read_text()
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+def test_truncated_or_modified_delta_is_refused(tmp_path, tiny_bert_dir, glue_dir):
+    from bitfit import delta
+
+    train.run(cfg(tmp_path / "run", tiny_bert_dir, glue_dir, fine_tune_type="bitfit", epochs=1))
+    path = tmp_path / "run" / "delta.safetensors"
+    raw = path.read_bytes()
+    delta.read(path)  # intact: reads
+
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(UserError, match=r"is not a safetensors file"):
+        delta.read(path)
+
+    modified = bytearray(raw)
+    modified[-3] ^= 0x01  # one bit of the last tensor's data; the file still parses
+    path.write_bytes(bytes(modified))
+    with pytest.raises(UserError, match=r"do not match the digest recorded when it was written"):
+        delta.read(path)
