@@ -149,7 +149,7 @@ def measure(args, regime: str) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     warm = 3
     ours = regime in OURS
-    pad_to = None if ours or regime == "hf_trainer_best" else args.max_seq_length
+    pad_to = None if (ours or regime == "hf_trainer_best") and not args.pad_all else args.max_seq_length
     batches = _batches(train, tok, args.batch_size, warm + args.steps, pad_to, grouped=regime not in ("hf_trainer", "original"))
     baseline = _rss_now_mb() if device.type == "cpu" else torch.cuda.memory_allocated(device) / 2**20
     tokens = sum(b["input_ids"].numel() for b in batches[warm:])
@@ -263,6 +263,8 @@ def _forward(args) -> list[str]:
         out += ["--random-init"]
     if args.max_train_samples:
         out += ["--max-train-samples", str(args.max_train_samples)]
+    if args.pad_all:
+        out += ["--pad-all"]
     return out
 
 
@@ -349,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed training steps per measurement (after 3 warm-up)")
     p.add_argument("--reps", type=int, default=3, help="repetitions (regimes alternate within each)")
     p.add_argument("--max-seq-length", type=int, default=128, help="truncation / the peers' fixed padding length")
+    p.add_argument("--pad-all", action="store_true",
+                   help="pad every regime's batches to --max-seq-length (fixed shapes, e.g. for memory at length 128)")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu or cuda[:N]")
     p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES, help="what to measure")
     p.add_argument("--out", default="docs/perf", help="folder for the Markdown table, JSON and PNG")
@@ -368,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rep {rep + 1} {regime}: {row['samples_per_s']:.1f} samples/s, peak {row['peak_mb']:.0f} MB", flush=True)
     summary = summarize(rows, gflops)
     device_name = _device_name(args.device)
-    name = f"bench_{args.task}_{Path(args.model).name}{'_random' if args.random_init else ''}_{args.device.split(':')[0]}_b{args.batch_size}"
+    name = (f"bench_{args.task}_{Path(args.model).name}{'_random' if args.random_init else ''}_{args.device.split(':')[0]}"
+            f"_b{args.batch_size}{f'_pad{args.max_seq_length}' if args.pad_all else ''}")
     header = (f"### {args.task}, {args.model}{' (random init)' if args.random_init else ''}, batch {args.batch_size}, "
               f"{device_name}\n\nMedian of {args.reps} repetitions of {args.steps} timed steps; fp32 matmul rate "
               f"{gflops:.0f} GFLOP/s. Command: `python -m bitfit.bench {' '.join(argv if argv is not None else sys.argv[1:])}`")
