@@ -17,8 +17,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 : "${TASKS:=rte}"
 : "${BITFIT_LR:=1e-3}"
 : "${FULL_LR:=2e-5}"
-: "${BITFIT_EPOCHS:=16}"
-: "${FULL_EPOCHS:=3}"
 parse_args "$@"
 
 grid bitfit "$BITFIT_LR" "$BITFIT_EPOCHS" "" -f bitfit

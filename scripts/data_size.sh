@@ -18,10 +18,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 : "${TASKS:=sst2}"
 : "${SIZES:=100 200 500 1000 2000 5000 10000 20000}"
 : "${FULL_SET:=1}"
-: "${BITFIT_LRS:=1e-4 4e-4 7e-4 1e-3}"
-: "${FULL_LRS:=1e-5 2e-5 3e-5 5e-5}"
-: "${BITFIT_EPOCHS:=16}"
-: "${FULL_EPOCHS:=3}"
 parse_args "$@"
 
 sizes=($SIZES)

@@ -14,10 +14,6 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 : "${TASKS:=$GLUE_TASKS}"
-: "${BITFIT_LRS:=1e-4 4e-4 7e-4 1e-3}"
-: "${FULL_LRS:=1e-5 2e-5 3e-5 5e-5}"
-: "${BITFIT_EPOCHS:=16}"
-: "${FULL_EPOCHS:=3}"
 parse_args "$@"
 
 grid full_ft "$FULL_LRS" "$FULL_EPOCHS" "" -f full_ft
