@@ -874,20 +874,10 @@ def cli(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .__main__ import OneLineErrors
+    """``python -m bitfit.report ...``: the same as ``python -m bitfit report ...``."""
+    from .__main__ import main as bitfit_main
 
-    prog = "python -m bitfit report"
-    parser = build_parser(OneLineErrors(prog=prog, description=__doc__.split("\n\n")[0],
-                                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter))
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:  # -h, or a bad flag (already reported on one line)
-        return int(e.code or 0)
-    try:
-        return cli(args)
-    except UserError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
+    return bitfit_main(["report", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint, io, policies
+from . import checkpoint, delta, io, policies
 from .config import RunConfig
 from .data import Encoded, encode, load_glue
 from .errors import RunStopped, UserError
@@ -192,6 +192,7 @@ class Setup:
     tokenizer: object
     model: torch.nn.Module
     fresh: list[str]
+    base_fp: str  # delta.fingerprint of the base, written into the delta
     sel: policies.Selection
     accelerator: object
     out: Path
@@ -217,12 +218,13 @@ def prepare(cfg: RunConfig) -> Setup:
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model_name, cfg.trust_remote_code)
     model, fresh = load_model(cfg.model_name, task, cfg.trust_remote_code, cfg.attention_dropout)
+    base_fp = delta.fingerprint(model, fresh)  # of the pretrained weights, before anything trains
     accelerator = make_accelerator(cfg)
     encoded = {name: encode(ex, tokenizer, cfg.max_seq_length, task.is_regression) for name, ex in splits.items()}
     if cfg.layers is not None:
         policies.parse_layers(cfg.layers, num_layers=model.config.num_hidden_layers)
     sel = policies.select(model, cfg, probe=make_probe(encoded["train"], collator(tokenizer), cfg))
-    return Setup(cfg, task, splits, encoded, tokenizer, model, fresh, sel, accelerator, out)
+    return Setup(cfg, task, splits, encoded, tokenizer, model, fresh, base_fp, sel, accelerator, out)
 
 
 def open_run_folder(su: Setup) -> None:
@@ -410,7 +412,8 @@ def finish(su: Setup, model, st: checkpoint.TrainState, counts: dict, started: f
 
         results["achieved_sparsity"] = achieved_sparsity(unwrapped)
     if accelerator.is_main_process:
-        save_delta(su.out / "delta.safetensors", unwrapped, su.sel, su.fresh, cfg, task, st.best["epoch"])
+        delta.save(su.out / "delta.safetensors", unwrapped, su.sel, su.fresh, cfg, task, st.best["epoch"],
+                   base_fp=su.base_fp)
     collate = collator(su.tokenizer)
     for split in task.test_splits:
         if split.name in su.encoded:
@@ -433,13 +436,6 @@ def finish(su: Setup, model, st: checkpoint.TrainState, counts: dict, started: f
                  results["trainable_percent"], su.out)
     accelerator.wait_for_everyone()
     return results
-
-
-def save_delta(path: Path, model, sel, fresh: list[str], cfg: RunConfig, task: GlueTask, epoch: int) -> None:
-    """The learned tensors (plus any the base checkpoint lacked), with what they apply to: ``bitfit.delta``."""
-    from . import delta
-
-    delta.save(path, model, sel, fresh, cfg, task, epoch)
 
 
 def format_prediction(task: GlueTask, pred) -> str:
