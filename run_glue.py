@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-dropout", type=float, default=None, help=h("attention_dropout"))
     p.add_argument("--gradient-checkpointing", action="store_true", help=h("gradient_checkpointing"))
     p.add_argument("--compile", action="store_true", help=h("compile"))
+    p.add_argument("--fast-cpu-ops", action=argparse.BooleanOptionalAction, default=d("fast_cpu_ops"),
+                   help=h("fast_cpu_ops"))
     p.add_argument("--max-seq-length", type=int, default=d("max_seq_length"), help=h("max_seq_length"))
     p.add_argument("--group-by-length", action=argparse.BooleanOptionalAction, default=d("group_by_length"),
                    help=h("group_by_length"))

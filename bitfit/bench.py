@@ -8,6 +8,11 @@ every repetition, and the median of the repetitions is reported. Regimes:
   full_ft, bitfit, bitfit_qi, frozen   this tool: length-grouped batches padded per batch, foreach AdamW
                                        over the trainable tensors only
   bitfit_attn0                         bitfit with --attention-dropout 0 (PyTorch's fused attention in training)
+  full_ft_native, bitfit_native        full_ft / bitfit with --no-fast-cpu-ops (PyTorch's dropout and attention;
+                                       the same as full_ft / bitfit on a GPU)
+  bitfit_gc                            bitfit with --gradient-checkpointing
+  bitfit_compile                       bitfit with --compile (torch.compile, dynamic shapes; PyTorch's ops: the
+                                       compiler fuses dropout itself); compiling happens in the warm-up steps
   hf_trainer                           transformers' Trainer with BitFit's parameters frozen, run_glue.py's
                                        defaults (every example padded to --max-seq-length)
   hf_trainer_best                      the same Trainer at its best: dynamic padding + group_by_length
@@ -34,12 +39,15 @@ import tempfile
 import time
 from pathlib import Path
 
-REGIMES = ("full_ft", "bitfit", "bitfit_qi", "bitfit_attn0", "frozen", "hf_trainer", "hf_trainer_best", "original")
-OURS = ("full_ft", "bitfit", "bitfit_qi", "bitfit_attn0", "frozen")
-FLOP_FACTOR = {"full_ft": 3, "bitfit": 2, "bitfit_qi": 2, "bitfit_attn0": 2, "frozen": 1, "hf_trainer": 2, "hf_trainer_best": 2,
-               "original": 2}
+REGIMES = ("full_ft", "bitfit", "bitfit_qi", "bitfit_attn0", "frozen", "full_ft_native", "bitfit_native", "bitfit_gc",
+           "bitfit_compile", "hf_trainer", "hf_trainer_best", "original")
+OURS = ("full_ft", "bitfit", "bitfit_qi", "bitfit_attn0", "frozen", "full_ft_native", "bitfit_native", "bitfit_gc",
+        "bitfit_compile")
+FLOP_FACTOR = {"full_ft": 3, "bitfit": 2, "bitfit_qi": 2, "bitfit_attn0": 2, "frozen": 1, "full_ft_native": 3,
+               "bitfit_native": 2, "bitfit_gc": 2, "bitfit_compile": 2, "hf_trainer": 2, "hf_trainer_best": 2, "original": 2}
 POLICY = {"full_ft": ("full_ft", None), "bitfit": ("bitfit", None), "bitfit_qi": ("bitfit", ["query", "intermediate"]),
-          "bitfit_attn0": ("bitfit", None),
+          "bitfit_attn0": ("bitfit", None), "full_ft_native": ("full_ft", None), "bitfit_native": ("bitfit", None),
+          "bitfit_gc": ("bitfit", None), "bitfit_compile": ("bitfit", None),
           "frozen": ("frozen", None), "hf_trainer": ("bitfit", None), "hf_trainer_best": ("bitfit", None),
           "original": ("bitfit", None)}
 
@@ -138,13 +146,18 @@ def measure(args, regime: str) -> dict:
     """Train ``args.steps`` steps (after 3 warm-up steps) under ``regime``; this runs in a child process."""
     import torch
 
-    from . import policies
+    from . import fastops, policies
     from .train import setup_logging
 
     setup_logging(False)
     device = torch.device(args.device)
     task, tok, model, sel, fresh, train, dev, n_train = _model_and_data(args, regime)
     model.to(device)
+    if regime in OURS and not regime.endswith(("_native", "_compile")) and device.type == "cpu":
+        fastops.install(model)  # what run_glue.py does on the CPU (--fast-cpu-ops, the default)
+    if regime == "bitfit_gc":
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    forward = torch.compile(model, dynamic=True) if regime == "bitfit_compile" else model
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     warm = 3
@@ -166,7 +179,7 @@ def measure(args, regime: str) -> dict:
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-            loss = model(**{k: v.to(device) for k, v in b.items()}).loss
+            loss = forward(**{k: v.to(device) for k, v in b.items()}).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()

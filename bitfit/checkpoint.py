@@ -189,6 +189,8 @@ class Interrupt:
 
 
 RESUMABLE_CHANGES = {"resume", "overwrite", "verbose", "keep_checkpoint", "eval_batch_size"}
+# settings added after runs were written: what a config.json without them ran with
+BEFORE_FIELD = {"fast_cpu_ops": False}
 
 
 def check_resumable(cfg, out: Path) -> None:
@@ -199,7 +201,7 @@ def check_resumable(cfg, out: Path) -> None:
         done = (out / "results.json").is_file() and json.loads((out / "results.json").read_text()).get("status") == "complete"
         raise UserError(f"nothing to resume in {str(out)!r}: " + ("the run is already complete" if done else
                         "no checkpoint (none was written before it stopped)"))
-    saved = json.loads((out / "config.json").read_text())["config"]
+    saved = BEFORE_FIELD | json.loads((out / "config.json").read_text())["config"]
     mine = cfg.to_dict()
     changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and saved.get(k) != mine[k])
     if changed:

@@ -58,6 +58,8 @@ class RunConfig:
     attention_dropout: float | None = _f(None, "override the model's attention-probability dropout (0 lets PyTorch use fused attention in training)")
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass instead of keeping them (less memory, more time)")
     compile: bool = _f(False, "torch.compile the model (measure first: see docs/PERFORMANCE.md)")
+    fast_cpu_ops: bool = _f(True, "training on the CPU: this tool's dropout and attention (bitfit/fastops.py: the same "
+                                  "dropout distribution, faster, less memory) instead of PyTorch's; not with --compile")
     max_seq_length: int = _f(128, "truncate inputs to this many tokens (batches are padded only to their longest)")
     group_by_length: bool = _f(True, "batch training examples of similar length together (less padding; Hugging Face's group_by_length)")
     max_train_samples: int | None = _f(None, "use only the first N training examples")

@@ -53,7 +53,7 @@ NOT_COMPARED = {"output_path", "seed", "learning_rate", "gpu_device", "cpu", "ov
                 "data_dir", "eval_batch_size", "keep_checkpoint", "save_evaluator", "predict_test",
                 "max_predict_samples", "trust_remote_code", "eval_train",
                 "task_name", "model_name", "fine_tune_type", "bias_terms", "layers", "rand_budget", "mask_sparsity",
-                "max_train_samples"}
+                "max_train_samples", "fast_cpu_ops", "compile", "gradient_checkpointing"}
 METHOD_ORDER = ("full_ft", "bitfit", "layers", "sparse_mask", "rand_uniform", "rand_row_col", "frozen")
 SHORT_METRIC = {"accuracy": "acc", "mcc": "MCC", "f1": "F1", "pearson": "Pearson", "spearmanr": "Spearman"}
 ROLE_LABEL = {"query": "query", "key": "key", "value": "value", "attention_output": "attention output",

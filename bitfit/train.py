@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint, delta, io, policies
+from . import checkpoint, delta, fastops, io, policies
 from .config import RunConfig
 from .data import Encoded, encode, load_glue
 from .errors import RunStopped, UserError
@@ -256,6 +256,10 @@ def run(cfg: RunConfig) -> dict:
     guard = policies.apply(model, sel)
     params = [p for p in model.parameters() if p.requires_grad]
     counts = policies.trainable_counts(model, sel)
+    if cfg.fast_cpu_ops and accelerator.device.type == "cpu" and not cfg.compile:
+        switched = fastops.install(model)
+        log.info("fast CPU ops: %d dropout modules%s", switched["dropout"],
+                 " and the attention" if switched["attention"] else "")
     if cfg.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if accelerator.is_main_process:

@@ -160,6 +160,19 @@ def test_resume_refuses_other_settings_and_missing_checkpoints(interrupted_run, 
         train.run(RunConfig(**(interrupted_run.to_dict() | {"resume": True, "output_path": str(tmp_path / "new")})))
 
 
+def test_run_written_before_fast_cpu_ops_resumes_only_with_pytorchs_ops(interrupted_run):
+    """A config.json from before --fast-cpu-ops existed ran PyTorch's dropout: resuming it with ours would
+    change the random stream mid-run, so --resume needs --no-fast-cpu-ops (and then works)."""
+    path = Path(interrupted_run.output_path) / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["config"]["fast_cpu_ops"]
+    path.write_text(json.dumps(saved))
+    with pytest.raises(UserError, match=r"--resume with fast_cpu_ops=True but the run was started with fast_cpu_ops=False"):
+        train.run(RunConfig(**(interrupted_run.to_dict() | {"resume": True})))
+    done = train.run(RunConfig(**(interrupted_run.to_dict() | {"resume": True, "fast_cpu_ops": False})))
+    assert done["status"] == "complete"
+
+
 def test_sigterm_stops_a_real_process_with_a_resume_command(tmp_path, tiny_bert_dir):
     data = make_glue_dir(tmp_path / "glue", n_train=400)
     out = tmp_path / "run"

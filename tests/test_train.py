@@ -183,3 +183,32 @@ def test_every_policy_runs_end_to_end_and_its_delta_rebuilds_the_model(case, tmp
 
     assert compute_metrics(("accuracy",), preds, batch["labels"].numpy())["accuracy"] == \
         results["best_metrics"]["dev"]["accuracy"]
+
+
+def test_dynamic_padding_computes_what_padding_to_max_length_computes(tiny_bert_dir):
+    """The speed of per-batch padding is free: the original recipe's padding to a fixed length (128 there, the
+    tiny model's 64 here) changes no logit and no bias gradient (padded keys are masked), so only the batch
+    order differs between the two recipes."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+    from bitfit.train import collator
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, hidden_dropout_prob=0.0,
+                                                               attention_probs_dropout_prob=0.0)
+    rng = random.Random(0)
+    feats = [dict(tok(" ".join(rng.choices(WORDS, k=rng.randint(2, 20)))), labels=i % 2) for i in range(6)]
+    dynamic = collator(tok)(feats)
+    padded = DataCollatorWithPadding(tok, padding="max_length", max_length=64)(feats)
+    assert dynamic["input_ids"].shape[1] <= 22 and padded["input_ids"].shape[1] == 64
+    grads = []
+    for batch in (dynamic, padded):
+        model.zero_grad()
+        out = model(**batch)
+        out.loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if n.endswith(".bias")})
+        if batch is dynamic:
+            logits = out.logits.detach()
+    assert torch.allclose(out.logits, logits, atol=1e-5)
+    for n in grads[0]:
+        assert torch.allclose(grads[0][n], grads[1][n], atol=1e-6), n
