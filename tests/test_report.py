@@ -124,6 +124,19 @@ def test_skipped_runs_are_listed_with_their_reason_and_never_mixed(tmp_path):
     assert "| 62.0 ± 2.0 |" in readme.read_text()  # ok0, ok1, old_no_status; the 0.99 and 0.10 runs left out
 
 
+def test_a_one_off_option_run_does_not_replace_the_main_run_on_a_tie(tmp_path):
+    runs = tmp_path / "runs"
+    fake_run(runs, "rte_bitfit", main=0.48)
+    fake_run(runs, "rte_bitfit_attn0", main=0.55, attention_dropout=0.0)  # one run each: a tie in its group
+    fake_run(runs, "stsb_bitfit", task="stsb", main=0.85)  # the rest of the tree runs the default
+    fake_run(runs, "rte_full_ft", main=0.58, fine_tune_type="full_ft")
+    cells, skipped = report.select(report.collect([runs])[0])
+    rte = next(c for c in cells if c.key.method == "bitfit" and c.key.task == "rte")
+    assert [r.label for r in rte.runs] == [f"{runs.as_posix()}/rte_bitfit"]
+    assert [s.label for s in skipped] == [f"{runs.as_posix()}/rte_bitfit_attn0"]
+    assert "different settings: attention_dropout=0.0" in skipped[0].reason
+
+
 def test_data_size_curve_and_one_table_per_training_size(tmp_path):
     runs = tmp_path / "runs"
     for n, (bitfit, full) in {100: (0.55, 0.52), 1000: (0.62, 0.63), None: (0.70, 0.74)}.items():
