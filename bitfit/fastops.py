@@ -108,7 +108,8 @@ def attention(module, query, key, value, attention_mask, dropout: float = 0.0, s
     with dropout on the CPU in fp32, transformers' SDPA otherwise."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if dropout > 0.0 and _fast(query) and query.shape[1] == key.shape[1] and kwargs.get("head_mask") is None:
+    if dropout > 0.0 and _fast(query) and query.shape[1] == key.shape[1] and kwargs.get("head_mask") is None \
+            and not kwargs.get("is_causal", getattr(module, "is_causal", False)):  # encoders only
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         out = _Attention.apply(query, key, value, attention_mask, scale, dropout)
         return out.transpose(1, 2).contiguous(), None

@@ -114,3 +114,16 @@ def test_installed_model_computes_what_pytorch_computes(arch):
         assert calls == []
     finally:
         fastops._Attention.forward = forward
+
+
+def test_causal_attention_is_left_to_pytorch():
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    module = nn.Module()
+    module.is_causal, module.training = True, True
+    q, k, v = (torch.randn(2, 2, 5, 4, requires_grad=True) for _ in range(3))
+    torch.manual_seed(0)
+    ours, _ = fastops.attention(module, q, k, v, None, dropout=0.1, scaling=0.5)
+    torch.manual_seed(0)
+    ref, _ = sdpa_attention_forward(module, q, k, v, None, dropout=0.1, scaling=0.5)
+    assert torch.equal(ours, ref)  # the same kernel and the same random stream: a decoder keeps its causal mask
