@@ -14,7 +14,7 @@ This module replaces both, on the CPU and in training only:
 - `FastDropout` is `nn.Dropout` with that mask, keeping a 1-byte mask for backward.
 - `attention` computes softmax(QK^T * scale + mask), dropout, times V in one autograd function that
   keeps Q, K, V, the probabilities and a 1-byte mask, and recomputes the dropped probabilities in
-  backward (one multiply) instead of keeping them.
+  backward (one pass) instead of keeping them.
 
 Everything else (evaluation, no dropout, GPUs, half precision, torch.compile) takes PyTorch's own
 path, which is already fused there. `install(model)` switches a model over; `--no-fast-cpu-ops`
@@ -129,7 +129,8 @@ def _register() -> None:
 
 
 def install(model: nn.Module) -> dict:
-    """Switch `model` to FastDropout and, where it uses transformers' SDPA attention, to `attention`.
+    """Switch `model` to FastDropout and, where it uses transformers' SDPA attention through the attention
+    interface (BERT, RoBERTa, XLM-R, ELECTRA, DistilBERT; not DeBERTa's own attention), to `attention`.
     Returns what was switched: {"dropout": modules, "attention": bool}."""
     n = 0
     for m in model.modules():
@@ -138,7 +139,8 @@ def install(model: nn.Module) -> dict:
             n += 1
     switched = False
     config = getattr(model, "config", None)
-    if config is not None and getattr(config, "_attn_implementation", None) == "sdpa":
+    if config is not None and getattr(config, "_attn_implementation", None) == "sdpa" \
+            and getattr(model, "_supports_attention_backend", False):  # models that call transformers' attention functions
         _register()
         model.set_attn_implementation(NAME)
         switched = True

@@ -127,3 +127,28 @@ def test_causal_attention_is_left_to_pytorch():
     torch.manual_seed(0)
     ref, _ = sdpa_attention_forward(module, q, k, v, None, dropout=0.1, scaling=0.5)
     assert torch.equal(ours, ref)  # the same kernel and the same random stream: a decoder keeps its causal mask
+
+
+def test_distilbert_uses_the_fast_attention_and_deberta_keeps_its_own():
+    from transformers import (DebertaV2Config, DebertaV2ForSequenceClassification, DistilBertConfig,
+                              DistilBertForSequenceClassification)
+
+    torch.manual_seed(0)
+    distil = DistilBertForSequenceClassification(DistilBertConfig(
+        dim=32, n_layers=2, n_heads=4, hidden_dim=64, vocab_size=99, dropout=1e-9, attention_dropout=1e-9,
+        seq_classif_dropout=1e-9))
+    fast = copy.deepcopy(distil)
+    assert fastops.install(fast)["attention"] is True
+    ids, am, labels = torch.randint(0, 99, (2, 7)), torch.ones(2, 7, dtype=torch.long), torch.tensor([0, 1])
+    am[1, 4:] = 0
+    for m in (distil, fast):
+        m.train()
+        m(input_ids=ids, attention_mask=am, labels=labels).loss.backward()
+    for (n, a), b in zip(distil.named_parameters(), fast.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-6), n
+    deberta = DebertaV2ForSequenceClassification(DebertaV2Config(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37, vocab_size=99))
+    switched = fastops.install(deberta)  # its disentangled attention is its own code: dropout modules only
+    assert switched["attention"] is False and switched["dropout"] > 0
+    deberta.train()
+    assert torch.isfinite(deberta(input_ids=ids, attention_mask=am, labels=labels).loss)
