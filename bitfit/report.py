@@ -316,16 +316,16 @@ def _describe(settings: dict) -> str:
 def select(runs: list[Run]) -> tuple[list[Cell], list[Skipped]]:
     """Group runs; keep the settings most of a group share; drop duplicates; choose each group's rate."""
     groups: dict[GroupKey, list[Run]] = {}
+    sigs = {r.label: json.dumps(r.settings, sort_keys=True, default=str) for r in runs}
     everywhere: dict[str, int] = {}  # how many runs of the whole tree have each settings signature
     for r in sorted(runs, key=lambda r: r.label):
         groups.setdefault(r.key, []).append(r)
-        sig = json.dumps(r.settings, sort_keys=True, default=str)
-        everywhere[sig] = everywhere.get(sig, 0) + 1
+        everywhere[sigs[r.label]] = everywhere.get(sigs[r.label], 0) + 1
     cells, skipped = [], []
     for key, members in groups.items():
         variants: dict[str, list[Run]] = {}
         for r in members:
-            variants.setdefault(json.dumps(r.settings, sort_keys=True, default=str), []).append(r)
+            variants.setdefault(sigs[r.label], []).append(r)
         # most runs of the group; on a tie, the settings most runs of the tree share (e.g. the default
         # beside a one-off option run), so a comparison run never stands in for the main one
         kept_sig = min(variants, key=lambda s: (-len(variants[s]), -everywhere[s], s))
