@@ -43,13 +43,14 @@ REGIMES = ("full_ft", "bitfit", "bitfit_qi", "bitfit_attn0", "frozen", "full_ft_
            "bitfit_compile", "hf_trainer", "hf_trainer_best", "original")
 OURS = ("full_ft", "bitfit", "bitfit_qi", "bitfit_attn0", "frozen", "full_ft_native", "bitfit_native", "bitfit_gc",
         "bitfit_compile")
-FLOP_FACTOR = {"full_ft": 3, "bitfit": 2, "bitfit_qi": 2, "bitfit_attn0": 2, "frozen": 1, "full_ft_native": 3,
-               "bitfit_native": 2, "bitfit_gc": 2, "bitfit_compile": 2, "hf_trainer": 2, "hf_trainer_best": 2, "original": 2}
 POLICY = {"full_ft": ("full_ft", None), "bitfit": ("bitfit", None), "bitfit_qi": ("bitfit", ["query", "intermediate"]),
           "bitfit_attn0": ("bitfit", None), "full_ft_native": ("full_ft", None), "bitfit_native": ("bitfit", None),
           "bitfit_gc": ("bitfit", None), "bitfit_compile": ("bitfit", None),
           "frozen": ("frozen", None), "hf_trainer": ("bitfit", None), "hf_trainer_best": ("bitfit", None),
           "original": ("bitfit", None)}
+# passes of forward-sized matmul work per step: full fine-tuning 3 (forward, input and weight gradients),
+# frozen 1 (the head's backward is negligible), every BitFit-like regime 2 (no weight gradients)
+FLOP_FACTOR = {r: {"full_ft": 3, "frozen": 1}.get(POLICY[r][0], 2) for r in REGIMES}
 
 
 def matmul_gflops(device: str, seconds: float = 2.0) -> float:

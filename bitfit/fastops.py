@@ -23,17 +23,18 @@ keeps PyTorch's ops everywhere.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 _LEVELS = 1 << 16
 
 
 def keep_mask(shape, p: float, device=None) -> torch.Tensor:
     """A bool tensor of `shape`: each element False (dropped) with probability p rounded to 1/65536."""
-    n = 1
-    for s in shape:
-        n *= int(s)
+    n = math.prod(shape)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device)
     words.random_(-(2**63), 2**63 - 1)  # every bit uniform (the range leaves out one value of 2^64)
     u16 = words.view(torch.int16)[:n]  # uniform over [-32768, 32767]
@@ -106,8 +107,6 @@ class _Attention(torch.autograd.Function):
 def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """A transformers attention function (registered as "bitfit_cpu"): `_Attention` when training
     with dropout on the CPU in fp32, transformers' SDPA otherwise."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if dropout > 0.0 and _fast(query) and query.shape[1] == key.shape[1] and kwargs.get("head_mask") is None \
             and not kwargs.get("is_causal", getattr(module, "is_causal", False)):  # encoders only
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
