@@ -12,7 +12,8 @@
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 : "${PYTHON:=python}"            # the interpreter that runs run_glue.py and the report
-: "${GPUS:=0}"                   # one worker per entry; "0 0 1 1" runs two at a time on each of two GPUs
+: "${GPUS:=0}"                   # one worker per entry; "0 0 1 1" runs two at a time on each of two GPUs;
+                                 # "cpu cpu" two on the CPU, each with half the cores' threads
 : "${SEEDS:=0 1 2}"
 : "${BATCH_SIZE:=8}"
 : "${EXTRA_ARGS:=}"              # appended to every run_glue.py command, e.g. "--precision bf16"
@@ -134,13 +135,26 @@ run_job() {
         [[ $DRY_RUN == 1 ]] || exec {fd}>&-
         return 0
     fi
+    local device=(-d "$gpu")
+    if [[ $gpu == cpu ]]; then
+        device=(--cpu)
+        # CPU workers share the cores: each gets its share of threads unless OMP_NUM_THREADS says otherwise
+        local n_cpu=0 g
+        for g in "${gpus[@]}"; do [[ $g == cpu ]] && n_cpu=$((n_cpu + 1)); done
+        local threads=$(($(nproc 2>/dev/null || echo 1) / n_cpu))
+        export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((threads > 0 ? threads : 1))}
+    fi
     # shellcheck disable=SC2206  # flags is empty or one flag
-    local cmd=("$PYTHON" "$REPO/run_glue.py" -o "$dir" -d "$gpu" --no-verbose "$@" $flags)
+    local cmd=("$PYTHON" "$REPO/run_glue.py" -o "$dir" "${device[@]}" --no-verbose "$@" $flags)
     if [[ $DRY_RUN == 1 ]]; then
-        echo "[gpu $gpu] $(printf '%q ' "${cmd[@]}")"
+        if [[ $gpu == cpu ]]; then
+            echo "[cpu, $OMP_NUM_THREADS threads] $(printf '%q ' "${cmd[@]}")"
+        else
+            echo "[gpu $gpu] $(printf '%q ' "${cmd[@]}")"
+        fi
         return 0
     fi
-    echo "=== $(date '+%F %T') gpu $gpu: ${cmd[*]}" >&"$fd"
+    echo "=== $(date '+%F %T') gpu $gpu${OMP_NUM_THREADS:+ OMP_NUM_THREADS=$OMP_NUM_THREADS}: ${cmd[*]}" >&"$fd"
     "${cmd[@]}" >&"$fd" 2>&1 && rc=0 || rc=$?
     exec {fd}>&-
     if [[ $rc == 0 ]]; then

@@ -389,3 +389,29 @@ def test_scripts_run_the_queue_log_each_run_and_skip_what_is_done(tmp_path):
                           text=True, timeout=30, env=os.environ | env)
     assert took.returncode == 0 and took.stdout == f"nothing left to do (finished meanwhile): {done}\n"
     assert len((tmp_path / "calls").read_text().splitlines()) == 18
+
+
+def test_cpu_workers_pass_cpu_and_share_the_cores(tmp_path):
+    fake = tmp_path / "fake_python"
+    fake.write_text('#!/usr/bin/env bash\necho "threads=$OMP_NUM_THREADS $*" >> "$CALLS"\n'
+                    'while [[ $# -gt 0 ]]; do [[ $1 == -o ]] && out=$2; shift; done\n'
+                    'mkdir -p "$out" && echo \'{"status": "complete"}\' > "$out/results.json"\n')
+    fake.chmod(0o755)
+    calls = tmp_path / "calls"
+    env = {k: v for k, v in SMALL_GRID.items() if k != "DRY_RUN"} | {
+        "PYTHON": str(fake), "CALLS": str(calls), "REPORT": "0", "GPUS": "cpu cpu", "TASKS": "rte", "SEEDS": "0"}
+    base = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    cmd = ["bash", str(REPO / "scripts" / "table2_glue.sh"), "bert-base-cased", "/data", str(tmp_path / "runs")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=base | env)
+    assert proc.returncode == 0, proc.stderr
+    lines = calls.read_text().splitlines()
+    share = max(1, len(os.sched_getaffinity(0)) // 2)  # what nproc counts, split over the two workers
+    assert len(lines) == 3 and all(line.startswith(f"threads={share} ") for line in lines)
+    assert all(" --cpu " in line and " -d " not in line for line in lines)
+    assert proc.stdout.count("done [gpu cpu]") == 3
+
+    # a thread count the user set wins; the dry run shows it
+    dry = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                         env=base | env | {"DRY_RUN": "1", "OMP_NUM_THREADS": "3", "SEEDS": "1"})
+    shown = re.findall(r"^\[cpu, (\d+) threads\] .* --cpu .*$", dry.stdout, re.M)
+    assert shown == ["3"] * 3, dry.stdout
