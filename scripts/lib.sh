@@ -135,7 +135,7 @@ run_job() {
         [[ $DRY_RUN == 1 ]] || exec {fd}>&-
         return 0
     fi
-    local device=(-d "$gpu")
+    local device=(-d "$gpu") where="gpu $gpu"
     if [[ $gpu == cpu ]]; then
         device=(--cpu)
         # CPU workers share the cores: each gets its share of threads unless OMP_NUM_THREADS says otherwise
@@ -143,15 +143,12 @@ run_job() {
         for g in "${gpus[@]}"; do [[ $g == cpu ]] && n_cpu=$((n_cpu + 1)); done
         local threads=$(($(nproc 2>/dev/null || echo 1) / n_cpu))
         export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((threads > 0 ? threads : 1))}
+        where="cpu, $OMP_NUM_THREADS threads"
     fi
     # shellcheck disable=SC2206  # flags is empty or one flag
     local cmd=("$PYTHON" "$REPO/run_glue.py" -o "$dir" "${device[@]}" --no-verbose "$@" $flags)
     if [[ $DRY_RUN == 1 ]]; then
-        if [[ $gpu == cpu ]]; then
-            echo "[cpu, $OMP_NUM_THREADS threads] $(printf '%q ' "${cmd[@]}")"
-        else
-            echo "[gpu $gpu] $(printf '%q ' "${cmd[@]}")"
-        fi
+        echo "[$where] $(printf '%q ' "${cmd[@]}")"
         return 0
     fi
     echo "=== $(date '+%F %T') gpu $gpu${OMP_NUM_THREADS:+ OMP_NUM_THREADS=$OMP_NUM_THREADS}: ${cmd[*]}" >&"$fd"
