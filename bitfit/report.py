@@ -11,10 +11,11 @@ Every folder under the roots that holds a run (``config.json`` of a run, ``resul
 ``metrics.jsonl``) is read. Runs group by (method, task, model, ``--max-train-samples``), where the
 method is the fine-tune type with its bias terms and layers, e.g. ``bitfit (query, intermediate)``.
 Within a group the learning rate with the best mean dev main metric over seeds is chosen (ties: the
-smaller rate), and the table shows that rate's mean ± sample std over seeds. A run is left out, and
-listed with the reason, when it is incomplete (no results, interrupted), failed (diverged), a
-duplicate, or its settings (epochs, batch size, ...) differ from the rest of its group, which are
-never silently mixed: the settings most runs of the group share win.
+smaller rate), and the table shows that rate's mean ± sample std over seeds (a cell with fewer seeds
+than the table's most says how many it has). A run is left out, and listed with the reason, when it
+is incomplete (no results, interrupted), failed (diverged), a duplicate, or its settings (epochs,
+batch size, ...) differ from the rest of its group, which are never silently mixed: the settings
+most runs of the group share win.
 
     report/README.md   one table per model and training-set size (rows: methods; columns: tasks),
                        the learning rates chosen, links to every figure, the skipped runs
@@ -369,6 +370,10 @@ def _method_order(method: str) -> tuple:
 # Tables
 
 
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' * (n != 1)}"
+
+
 def _num(x: float) -> str:
     return f"{100 * x:.1f}"
 
@@ -411,7 +416,8 @@ def results_table(cells: list[Cell]) -> list[str]:
     for c in cells:
         by_method.setdefault(c.key.method, {})[c.key.task] = c
     header = ["method", "% params", "% in layers"] + [_column_title(t, s) for t, s in columns] + ["Avg"]
-    rows, partial = [], False
+    most = max(len(c.runs) for c in cells)  # cells with fewer seeds than this say how many they have
+    rows, partial, fewer = [], False, False
     for method in sorted(by_method, key=_method_order):
         mine = by_method[method]
         row = [method, _pct([p for c in mine.values() for p in c.percent()]),
@@ -423,14 +429,17 @@ def results_table(cells: list[Cell]) -> list[str]:
                 row.append("–")
                 continue
             stats = [cell.stat(split, m) for m in task.metrics]
-            row.append(" / ".join(_fmt(s) for s in stats))
+            text = " / ".join(_fmt(s) for s in stats)
+            if len(cell.runs) < most:
+                text, fewer = text + f" ({_seeds(len(cell.runs))})", True
+            row.append(text)
             if stats[0] is not None:
                 firsts.append(stats[0].mean)
         avg = _num(sum(firsts) / len(firsts)) if firsts else "–"
         if firsts and len(firsts) < len(columns):
             avg, partial = avg + "*", True
         rows.append(row + [avg])
-    lines = _table(header, rows)
+    lines = _table(header, rows) + ["", f"Seeds per cell: {most}" + (", or as many as the cell says." if fewer else ".")]
     if partial:
         lines += ["", "\\* averaged over the columns this method has runs for only."]
     return lines
@@ -446,7 +455,7 @@ def lr_table(cells: list[Cell]) -> list[str]:
         row = [method]
         for t in tasks:
             c = by_method[method].get(t.name)
-            row.append("–" if c is None else f"{c.lr:g} ({len(c.runs)} seed{'s' * (len(c.runs) != 1)} of "
+            row.append("–" if c is None else f"{c.lr:g} ({_seeds(len(c.runs))} of "
                                              f"{len(c.by_lr)} rate{'s' * (len(c.by_lr) != 1)})")
         rows.append(row)
     return _table(["method"] + [t.glue_name for t in tasks], rows)
@@ -522,7 +531,7 @@ def plot_learning_curves(c: Cell, path: Path) -> None:
         chosen = lr == c.lr
         ax.plot(epochs, [100 * sum(per_epoch[e]) / len(per_epoch[e]) for e in epochs], marker="o",
                 lw=2.5 if chosen else 1, alpha=1 if chosen else 0.6,
-                label=f"lr {lr:g} ({len(runs)} seed{'s' * (len(runs) != 1)})" + (" chosen" if chosen else ""))
+                label=f"lr {lr:g} ({_seeds(len(runs))})" + (" chosen" if chosen else ""))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel=f"{task.main_dev_split} {task.main_metric} (×100)", title=_group_name(c.key))
     ax.title.set_fontsize(9)
@@ -719,7 +728,7 @@ def delta_sections(cells: list[Cell], figures: Path, out: Path) -> tuple[list[st
         except UserError as e:
             notes.append(f"{_group_name(c.key)}: not drawn: {e}")
             continue
-        seeds = f"lr {c.lr:g}, mean over {len(maps)} seed{'s' * (len(maps) != 1)}"
+        seeds = f"lr {c.lr:g}, mean over {_seeds(len(maps))}"
         if kind == "bitfit":
             change = _mean_maps(maps)
             path = figures / f"bias_change_{_cell_slug(c)}.png"

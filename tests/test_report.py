@@ -81,8 +81,10 @@ def test_learning_rate_chosen_by_mean_dev_over_seeds_and_reported_with_std(tmp_p
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()}
     assert list(rows)[2:] == ["full_ft", "bitfit", "bitfit (query, intermediate)"]  # the paper's row order
     assert "MRPC (F1 / acc)" in rows["method"] and "RTE (acc)" in rows["method"]
-    assert "| 67.0 ± 1.4 |" in rows["bitfit"] and "| 72.0 |" in rows["full_ft"]  # one seed: no ±
-    assert "| 80.0 / 70.0 |" in rows["bitfit (query, intermediate)"]
+    # one seed: no ±; a cell with fewer seeds than the table's most says how many it has
+    assert "| 67.0 ± 1.4 |" in rows["bitfit"] and "| 72.0 (1 seed) |" in rows["full_ft"]
+    assert "| 80.0 / 70.0 (1 seed) |" in rows["bitfit (query, intermediate)"]
+    assert "\n\nSeeds per cell: 2, or as many as the cell says.\n" in text
     assert "0.0004 (2 seeds of 2 rates)" in text
     grid = (tmp_path / "out" / "grid.md").read_text()
     assert "**0.0004**" in grid and "**67.0 ± 1.4**" in grid and "65.0 ± 5.0" in grid
@@ -122,6 +124,7 @@ def test_skipped_runs_are_listed_with_their_reason_and_never_mixed(tmp_path):
     assert "checkpoint after epoch 1 of 2" in reasons[f"{base}/killed"] and "--resume" in reasons[f"{base}/killed"]
     assert reasons[f"{base}/garbled"].startswith("failed: unreadable results.json")
     assert "| 62.0 ± 2.0 |" in readme.read_text()  # ok0, ok1, old_no_status; the 0.99 and 0.10 runs left out
+    assert "\n\nSeeds per cell: 3.\n" in readme.read_text()  # every cell has them all: no cell says its count
 
 
 def test_a_one_off_option_run_does_not_replace_the_main_run_on_a_tie(tmp_path):
