@@ -151,13 +151,13 @@ run_job() {
         echo "[$where] $(printf '%q ' "${cmd[@]}")"
         return 0
     fi
-    echo "=== $(date '+%F %T') gpu $gpu${OMP_NUM_THREADS:+ OMP_NUM_THREADS=$OMP_NUM_THREADS}: ${cmd[*]}" >&"$fd"
+    echo "=== $(date '+%F %T') [$where]: ${cmd[*]}" >&"$fd"
     "${cmd[@]}" >&"$fd" 2>&1 && rc=0 || rc=$?
     exec {fd}>&-
     if [[ $rc == 0 ]]; then
-        echo "done [gpu $gpu] $dir"
+        echo "done [$where] $dir"
     else
-        echo "FAILED [gpu $gpu] $dir (exit $rc; log: $dir.log)"
+        echo "FAILED [$where] $dir (exit $rc; log: $dir.log)"
         return 1
     fi
 }

@@ -411,7 +411,7 @@ def test_cpu_workers_pass_cpu_and_share_the_cores(tmp_path):
     share = max(1, len(os.sched_getaffinity(0)) // 2)  # what nproc counts, split over the two workers
     assert len(lines) == 3 and all(line.startswith(f"threads={share} ") for line in lines)
     assert all(" --cpu " in line and " -d " not in line for line in lines)
-    assert proc.stdout.count("done [gpu cpu]") == 3
+    assert proc.stdout.count(f"done [cpu, {share} threads]") == 3
 
     # a thread count the user set wins; the dry run shows it
     dry = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
