@@ -39,6 +39,7 @@ import math
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -361,9 +362,17 @@ def _size_name(n: int | None) -> str:
     return "full training set" if n is None else f"first {n:,} training examples"
 
 
-def _method_order(method: str) -> tuple:
-    kind = method.split(" ")[0]
-    return (METHOD_ORDER.index(kind) if kind in METHOD_ORDER else len(METHOD_ORDER), method)
+def _method_order(cells: list[Cell]) -> Callable[[str], tuple]:
+    """Sort key for method names: the paper's order of kinds; within a kind (e.g. BitFit's bias subsets)
+    the most trained parameters first, as the paper's Table 3 (all biases, query+intermediate, ...)."""
+    percents: dict[str, list[float]] = {}
+    for c in cells:
+        percents.setdefault(c.key.method, []).extend(c.percent())
+
+    def key(method: str) -> tuple:
+        kind, mine = method.split(" ")[0], percents.get(method) or [0.0]
+        return (METHOD_ORDER.index(kind) if kind in METHOD_ORDER else len(METHOD_ORDER), -sum(mine) / len(mine), method)
+    return key
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,7 +427,7 @@ def results_table(cells: list[Cell]) -> list[str]:
     header = ["method", "% params", "% in layers"] + [_column_title(t, s) for t, s in columns] + ["Avg"]
     most = max(len(c.runs) for c in cells)  # cells with fewer seeds than this say how many they have
     rows, partial, fewer = [], False, False
-    for method in sorted(by_method, key=_method_order):
+    for method in sorted(by_method, key=_method_order(cells)):
         mine = by_method[method]
         row = [method, _pct([p for c in mine.values() for p in c.percent()]),
                _pct([p for c in mine.values() for p in c.percent(in_layers=True)])]
@@ -451,7 +460,7 @@ def lr_table(cells: list[Cell]) -> list[str]:
     for c in cells:
         by_method.setdefault(c.key.method, {})[c.key.task] = c
     rows = []
-    for method in sorted(by_method, key=_method_order):
+    for method in sorted(by_method, key=_method_order(cells)):
         row = [method]
         for t in tasks:
             c = by_method[method].get(t.name)
@@ -466,8 +475,9 @@ def grid_lines(cells: list[Cell]) -> list[str]:
     lines = ["# Every learning rate tried", "",
              "Dev main metric at the best epoch (×100), mean ± sample std over seeds; **bold**: the rate the "
              "tables use (best mean; ties go to the smaller rate).", ""]
+    order = _method_order(cells)
     for c in sorted(cells, key=lambda c: (c.key.model, c.key.max_train_samples or 0, list(TASKS).index(c.key.task),
-                                          _method_order(c.key.method))):
+                                          order(c.key.method))):
         task = c.task
         lines += [f"## {_group_name(c.key)}", ""]
         rows = []
@@ -713,7 +723,8 @@ def delta_sections(cells: list[Cell], figures: Path, out: Path) -> tuple[list[st
     """Markdown for the bias-change heatmaps (BitFit) and the per-layer distances (full fine-tuning)."""
     bases = Bases()
     bias, dist, notes = [], {}, []
-    for c in sorted(cells, key=lambda c: (c.key.model, c.key.max_train_samples or 0, _method_order(c.key.method),
+    order = _method_order(cells)
+    for c in sorted(cells, key=lambda c: (c.key.model, c.key.max_train_samples or 0, order(c.key.method),
                                           list(TASKS).index(c.key.task))):
         kind = c.runs[0].cfg["fine_tune_type"]
         if kind not in ("bitfit", "full_ft", "layers"):
@@ -773,14 +784,14 @@ def data_size_sections(cells: list[Cell], figures: Path, out: Path) -> list[str]
     by_task: dict[tuple[str, str], dict[str, list[Cell]]] = {}
     for c in cells:
         by_task.setdefault((c.key.model, c.key.task), {}).setdefault(c.key.method, []).append(c)
-    lines = []
+    lines, order = [], _method_order(cells)
     for (model, task_name), methods in sorted(by_task.items(), key=lambda kv: (kv[0][0], list(TASKS).index(kv[0][1]))):
         methods = {m: cs for m, cs in methods.items() if len({c.key.max_train_samples for c in cs}) > 1}
         if not methods:
             continue
         task = get_task(task_name)
         curves: dict[str, list[tuple[int, Stat]]] = {}
-        for method in sorted(methods, key=_method_order):
+        for method in sorted(methods, key=order):
             points = []
             for c in methods[method]:
                 sizes = [s for r in c.runs if (s := r.train_size()) is not None]
@@ -843,7 +854,7 @@ def write_report(roots: list[str | Path], out: str | Path, overwrite: bool = Fal
         tasks = [t for t in TASKS.values() if t.name in {c.key.task for c in group}]
         lines += ["Learning curves (dev main metric per epoch, every learning rate):", ""]
         lines += _table(["method"] + [t.glue_name for t in tasks],
-                        [[m] + [curve_rows[m].get(t.name, "–") for t in tasks] for m in sorted(curve_rows, key=_method_order)])
+                        [[m] + [curve_rows[m].get(t.name, "–") for t in tasks] for m in sorted(curve_rows, key=_method_order(group))])
         lines.append("")
     notes = []
     if deltas:

@@ -92,6 +92,22 @@ def test_learning_rate_chosen_by_mean_dev_over_seeds_and_reported_with_std(tmp_p
     assert "None: every run folder found was used." in text
 
 
+def test_methods_in_the_papers_order_bias_subsets_by_size(tmp_path):
+    runs = tmp_path / "runs"
+    for name, cfg, percent in [("q", {"bias_terms": ["query"]}, 0.01), ("all", {}, 0.09),
+                               ("frozen", {"fine_tune_type": "frozen"}, 0.001), ("full", {"fine_tune_type": "full_ft"}, 100),
+                               ("qi", {"bias_terms": ["query", "intermediate"]}, 0.04),
+                               ("i", {"bias_terms": ["intermediate"]}, 0.03),
+                               ("rand", {"fine_tune_type": "rand_uniform"}, 0.09)]:
+        res = fake_run(runs, name, **cfg) / "results.json"
+        res.write_text(json.dumps(json.loads(res.read_text()) | {"trainable_percent": percent}))
+    text = report.write_report([runs], tmp_path / "out", deltas=False).read_text()
+    table = text.split("## minilm, full training sets\n\n", 1)[1].split("\n\n", 1)[0]
+    assert [line.split(" | ")[0].lstrip("| ") for line in table.splitlines()[2:]] == [
+        "full_ft", "bitfit", "bitfit (query, intermediate)", "bitfit (intermediate)", "bitfit (query)",
+        "rand_uniform", "frozen"]
+
+
 def test_skipped_runs_are_listed_with_their_reason_and_never_mixed(tmp_path):
     runs = tmp_path / "runs"
     fake_run(runs, "ok0", seed=0, main=0.60)
