@@ -24,6 +24,8 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 : "${DRY_RUN:=0}"                # 1: print the commands, run nothing, write nothing
 : "${RETRY_DIVERGED:=0}"         # 1: run again the runs whose results.json says diverged
 : "${REPORT:=1}"                 # 0: do not write the report at the end
+: "${SIZE:=}"                    # tables 2 and 3: train on the first SIZE examples of each task
+                                 # (--max-train-samples), in OUT_ROOT/<model>/nSIZE; empty: full sets
 GLUE_TASKS="cola sst2 mrpc stsb qqp mnli qnli rte"   # the paper's GLUE tasks (it leaves WNLI out)
 
 JOBS=()
@@ -36,6 +38,13 @@ parse_args() {
         echo "usage: $0 MODEL DATA_DIR OUT_ROOT (got $# argument(s))" >&2
         exit 2
     fi
+    local n
+    for n in $SIZE ${SIZES:-}; do
+        if ! [[ $n =~ ^[1-9][0-9]*$ ]]; then
+            echo "$0: training-set size '$n' (SIZE or SIZES) is not accepted: give a whole number of examples >= 1" >&2
+            exit 2
+        fi
+    done
     MODEL=$1 DATA_DIR=$2 OUT_ROOT=$3
     if [[ -d $MODEL ]]; then MODEL_SLUG=$(basename "$MODEL"); else MODEL_SLUG=${MODEL//\//_}; fi
 }

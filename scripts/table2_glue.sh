@@ -8,7 +8,9 @@
 #
 # Variables (defaults): TASKS (cola sst2 mrpc stsb qqp mnli qnli rte), SEEDS (0 1 2),
 # BITFIT_LRS (1e-4 4e-4 7e-4 1e-3), FULL_LRS (1e-5 2e-5 3e-5 5e-5), BITFIT_EPOCHS (16),
-# FULL_EPOCHS (3), BATCH_SIZE (8), GPUS (0), EXTRA_ARGS, DRY_RUN, RETRY_DIVERGED, REPORT, PYTHON.
+# FULL_EPOCHS (3), BATCH_SIZE (8), GPUS (0), SIZE (empty: the full training sets; N: the first N
+# examples of each task, in OUT_ROOT/MODEL/nN, where data_size.sh puts its size N too), EXTRA_ARGS,
+# DRY_RUN, RETRY_DIVERGED, REPORT, PYTHON.
 # Complete runs are skipped, runs with a checkpoint resumed; the report is OUT_ROOT/reports/table2.
 
 set -euo pipefail
@@ -16,11 +18,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 : "${TASKS:=$GLUE_TASKS}"
 parse_args "$@"
 
-grid full_ft "$FULL_LRS" "$FULL_EPOCHS" "" -f full_ft
-grid bitfit "$BITFIT_LRS" "$BITFIT_EPOCHS" "" -f bitfit
+grid full_ft "$FULL_LRS" "$FULL_EPOCHS" "$SIZE" -f full_ft
+grid bitfit "$BITFIT_LRS" "$BITFIT_EPOCHS" "$SIZE" -f bitfit
 
 roots=()
 for task in $TASKS; do
-    roots+=("$OUT_ROOT/$MODEL_SLUG/full/$task/full_ft" "$OUT_ROOT/$MODEL_SLUG/full/$task/bitfit")
+    roots+=("$(size_dir "$SIZE")/$task/full_ft" "$(size_dir "$SIZE")/$task/bitfit")
 done
 finish table2 "${roots[@]}"

@@ -369,6 +369,22 @@ def test_other_scripts_dry_run_their_grids(tmp_path):
     assert sorted((_flag(a, "-f"), _flag(a, "-l"), _flag(a, "-t"), _flag(a, "-s")) for _, a in bias) == [
         ("bitfit", "1e-3", "rte", "0"), ("full_ft", "2e-5", "rte", "0")]
 
+    # SIZE: Table 3 on the first N examples, in the very folders data_size.sh uses for size N
+    t3n = _commands(_script("table3_bias_subsets.sh", tmp_path, SMALL_GRID | {"TASKS": "sst2", "SEEDS": "0",
+                                                                              "SIZE": "4000"}).stdout)
+    assert len(t3n) == 15 and all(_flag(a, "--max-train-samples") == "4000" for _, a in t3n)
+    n4000 = tmp_path / "bert-base-cased" / "n4000" / "sst2"
+    assert all(Path(_flag(a, "-o")).parent.parent == n4000 for _, a in t3n)
+    shared_env = {"TASKS": "sst2", "SEEDS": "0", "SIZES": "4000", "FULL_SET": "0"}
+    shared = _commands(_script("data_size.sh", tmp_path, SMALL_GRID | shared_env).stdout)
+    assert {_flag(a, "-o") for _, a in shared} < {_flag(a, "-o") for _, a in t3n}
+    for script, env in [("table3_bias_subsets.sh", {"SIZE": "4k"}), ("table2_glue.sh", {"SIZE": "0"}),
+                        ("data_size.sh", {"SIZES": "100 -5"})]:
+        bad = _script(script, tmp_path, SMALL_GRID | env)
+        bad_value = env.get("SIZE") or "-5"
+        assert bad.returncode == 2 and f"training-set size '{bad_value}'" in bad.stderr and not bad.stdout
+    assert not (tmp_path / "bert-base-cased").exists()  # dry runs and refused sizes wrote nothing
+
     usage = _script("table2_glue.sh", tmp_path, {}, "only-one-argument")
     assert usage.returncode == 2 and "usage:" in usage.stderr
 
