@@ -21,8 +21,8 @@ parse_args "$@"
 grid full_ft "$FULL_LRS" "$FULL_EPOCHS" "$SIZE" -f full_ft
 grid bitfit "$BITFIT_LRS" "$BITFIT_EPOCHS" "$SIZE" -f bitfit
 
-roots=()
+roots=() size_root=$(size_dir "$SIZE")
 for task in $TASKS; do
-    roots+=("$(size_dir "$SIZE")/$task/full_ft" "$(size_dir "$SIZE")/$task/bitfit")
+    roots+=("$size_root/$task/full_ft" "$size_root/$task/bitfit")
 done
 finish table2 "${roots[@]}"

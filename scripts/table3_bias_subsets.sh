@@ -35,8 +35,8 @@ if [[ $REFERENCES == 1 ]]; then
     grid bitfit "$BITFIT_LRS" "$BITFIT_EPOCHS" "$SIZE" -f bitfit
 fi
 
-roots=()
+roots=() size_root=$(size_dir "$SIZE")
 for task in $TASKS; do
-    for method in "${methods[@]}"; do roots+=("$(size_dir "$SIZE")/$task/$method"); done
+    for method in "${methods[@]}"; do roots+=("$size_root/$task/$method"); done
 done
 finish table3 "${roots[@]}"
