@@ -102,7 +102,7 @@ def _model_and_data(args, regime: str):
 def _batches(train, tok, batch_size: int, steps: int, pad_to: int | None, grouped: bool):
     from transformers import DataCollatorWithPadding
 
-    from .train import EpochBatches
+    from .data import EpochBatches
 
     collate = DataCollatorWithPadding(tok, padding="max_length" if pad_to else True, max_length=pad_to)
     sampler = EpochBatches(len(train), batch_size, seed=0, lengths=train.lengths() if grouped else None)
@@ -148,7 +148,7 @@ def measure(args, regime: str) -> dict:
     import torch
 
     from . import fastops, policies
-    from .train import setup_logging
+    from .logs import setup_logging
 
     setup_logging(False)
     device = torch.device(args.device)

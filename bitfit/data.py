@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
+
 
 import torch
 
@@ -189,3 +191,41 @@ def encode(examples: list[Example], tokenizer, max_length: int, regression: bool
     if examples and examples[0].label is not None:
         labels = [float(e.label) if regression else int(e.label) for e in examples]
     return Encoded(features, labels)
+
+
+def collator(tokenizer):
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Shuffled batches of indices, a fresh order each epoch drawn from (seed, epoch) alone.
+
+    With ``lengths``, batches are length-grouped as Hugging Face's ``group_by_length`` does: the
+    shuffled order is cut into mega-batches of ``MEGA`` batches, each sorted by length, then cut
+    into batches whose order is shuffled again; padding per batch then costs little.
+    """
+
+    MEGA = 50
+
+    def __init__(self, n: int, batch_size: int, seed: int, lengths: list[int] | None = None):
+        self.n, self.batch_size, self.seed, self.epoch, self.lengths = n, batch_size, seed, 0, lengths
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        if self.lengths is not None:
+            mega = self.MEGA * self.batch_size
+            order = [i for k in range(0, self.n, mega)
+                     for i in sorted(order[k:k + mega], key=lambda j: -self.lengths[j])]
+        batches = [order[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)]
+        if self.lengths is not None:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        yield from batches
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.batch_size)

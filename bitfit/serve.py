@@ -218,7 +218,7 @@ class Backbone:
         if examples and len(examples[0].texts) != len(t.task.test_text_columns):
             raise UserError(f"task {t.task.glue_name} takes {len(t.task.test_text_columns)} text(s) per example; "
                             f"got {len(examples[0].texts)}")
-        from .train import collator
+        from .data import collator
 
         encoded = encode(examples, self.tokenizer, max_seq_length or config.get("max_seq_length", 128), t.task.is_regression)
         loader = torch.utils.data.DataLoader(encoded, batch_size=batch_size or config.get("eval_batch_size", 64),

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-import resource
 import signal
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,7 +24,9 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, delta, fastops, io, policies
 from .config import RunConfig
-from .data import Encoded, encode, load_glue
+from .data import EpochBatches, Encoded, collator, encode, load_glue
+from .devices import peak_memory_mb
+from .logs import setup_logging
 from .errors import RunStopped, UserError
 from .metrics import compute_metrics
 from .models import load_model, load_tokenizer, resolve_model
@@ -37,47 +37,6 @@ log = logging.getLogger("bitfit")
 
 PROBE_STEPS = 50  # --layers auto:K: full fine-tuning steps of the probe run
 PROBE_LR = 2e-5
-
-
-class EpochBatches(torch.utils.data.Sampler):
-    """Shuffled batches of indices, a fresh order each epoch drawn from (seed, epoch) alone.
-
-    With ``lengths``, batches are length-grouped as Hugging Face's ``group_by_length`` does: the
-    shuffled order is cut into mega-batches of ``MEGA`` batches, each sorted by length, then cut
-    into batches whose order is shuffled again; padding per batch then costs little.
-    """
-
-    MEGA = 50
-
-    def __init__(self, n: int, batch_size: int, seed: int, lengths: list[int] | None = None):
-        self.n, self.batch_size, self.seed, self.epoch, self.lengths = n, batch_size, seed, 0, lengths
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
-        if self.lengths is not None:
-            mega = self.MEGA * self.batch_size
-            order = [i for k in range(0, self.n, mega)
-                     for i in sorted(order[k:k + mega], key=lambda j: -self.lengths[j])]
-        batches = [order[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)]
-        if self.lengths is not None:
-            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
-        yield from batches
-
-    def __len__(self) -> int:
-        return math.ceil(self.n / self.batch_size)
-
-
-def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        level=logging.INFO if verbose else logging.WARNING, force=True)
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
 
 
 def make_accelerator(cfg: RunConfig):
@@ -99,12 +58,6 @@ def make_accelerator(cfg: RunConfig):
         reason = "--cpu given" if cfg.cpu else "no GPU found"
         log.warning("%s: running on the CPU%s", reason, " (ignoring --gpu-device)" if cfg.gpu_device is not None else "")
     return accelerator
-
-
-def collator(tokenizer):
-    from transformers import DataCollatorWithPadding
-
-    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
 
 
 @torch.inference_mode()
@@ -168,13 +121,6 @@ def make_probe(train: Encoded, collate, cfg: RunConfig):
             opt.zero_grad(set_to_none=True)
 
     return probe
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 
 
 def _subset(examples, limit):

@@ -1,0 +1,88 @@
+"""The registry of fine-tune methods: the one list every other part derives from.
+
+    from bitfit.methods import METHODS, get_method
+    get_method("bitfit").options          # ('bias_terms',): the settings only this method reads
+    list(METHODS)                         # CLI choices (-f), and the report's row order
+
+Facts only, no torch: the command line imports this to build ``-h``. The code that *chooses*
+parameters for a method lives in ``bitfit.policies.<family>`` (``Method.family``).
+
+Adding a method: one row here, one function in the policies module of its family, registered in
+``bitfit.policies.SELECTORS`` under the same name (a test checks the two registries agree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Method:
+    """One fine-tune method (``-f``)."""
+
+    name: str
+    family: str  # the bitfit.policies module holding its selector
+    trains: str  # one line: what trains (help text, README)
+    options: tuple[str, ...] = ()  # RunConfig fields only this method reads; other methods refuse them
+    takes_layers: bool = True  # whether --layers restricts it
+    flop_factor: int = 2  # forward-sized matmul passes per step: 3 full (weight grads), 2 input grads only, 1 frozen
+
+
+# In the paper's row order (the report's tables follow it).
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("full_ft", "whole", "everything", flop_factor=3),
+    Method("bitfit", "bias", "the encoder's bias terms (--bias-terms narrows them to roles) and the pooler bias",
+           options=("bias_terms",)),
+    Method("layers", "whole", "every parameter of the --layers only", flop_factor=3),
+    Method("sparse_mask", "sparse", "a binary mask over the encoder's weight matrices (--mask-sparsity zeros); "
+           "weights never change", options=("mask_sparsity",)),
+    Method("rand_uniform", "random", "k random encoder entries, uniformly without replacement (k = BitFit's count, "
+           "or --rand-budget)", options=("rand_budget",)),
+    Method("rand_row_col", "random", "one random row or column of every encoder weight matrix"),
+    Method("frozen", "whole", "nothing but the head", takes_layers=False, flop_factor=1),
+)}
+
+DEFAULT_MASK_SPARSITY = 0.01  # sparse_mask's --mask-sparsity when none is given
+
+# Settings that belong to one method (each appears in exactly one Method.options).
+METHOD_OPTIONS: dict[str, str] = {opt: m.name for m in METHODS.values() for opt in m.options}
+
+# BitFit's bias roles in the order of a transformer block, with the label tables and figures use.
+BIAS_ROLES: dict[str, str] = {
+    "query": "query", "key": "key", "value": "value", "attention_output": "attention output",
+    "intermediate": "intermediate", "output": "output", "attention_layernorm": "attention LayerNorm",
+    "output_layernorm": "output LayerNorm", "embeddings_layernorm": "embeddings LayerNorm", "all": "all biases",
+}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise UserError(f"unknown fine-tune type {name!r}; accepted: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def check_bias_terms(terms: list[str]) -> list[str]:
+    for term in terms:
+        if term not in BIAS_ROLES:
+            raise UserError(f"unknown bias term {term!r}; accepted: {', '.join(BIAS_ROLES)}")
+    return list(terms)
+
+
+def method_label(cfg: dict) -> str:
+    """``bitfit``, ``bitfit (query, intermediate)``, ``full_ft (layers 9 10 11)``, ``rand_uniform (budget 1,000)``:
+    a run's method with the options that make it differ from the method's default."""
+    kind = cfg["fine_tune_type"]
+    extras = []
+    terms = cfg.get("bias_terms")
+    if kind == "bitfit" and terms and "all" not in terms:
+        extras.append(", ".join(sorted(set(terms), key=list(BIAS_ROLES).index)))
+    if kind == "rand_uniform" and cfg.get("rand_budget") is not None:
+        extras.append(f"budget {cfg['rand_budget']:,}")
+    if kind == "sparse_mask":
+        sparsity = cfg.get("mask_sparsity")
+        extras.append(f"sparsity {DEFAULT_MASK_SPARSITY if sparsity is None else sparsity:g}")
+    if cfg.get("layers"):
+        extras.append("layers " + " ".join(map(str, cfg["layers"])))
+    return kind + (f" ({'; '.join(extras)})" if extras else "")
