@@ -25,9 +25,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from . import io
+from .config import RESUMABLE_CHANGES
 from .errors import UserError
+from .runstate import COMPLETE, INTERRUPTED, NEW, read_state
 
-FORMAT = "bitfit-checkpoint/1"
+FORMAT = "bitfit-checkpoint/2"  # /2: the scheduler state is saved (/1 replayed it)
 FOLDER = "checkpoint"
 
 
@@ -35,16 +37,17 @@ FOLDER = "checkpoint"
 class TrainState:
     """Everything the loop needs to continue after ``epoch``."""
 
-    epoch: int
-    global_step: int
-    history: list[dict]
-    best: dict | None
-    train_time: float
-    train_samples: int
+    epoch: int = 0
+    global_step: int = 0
+    history: list[dict] = field(default_factory=list)
+    best: dict | None = None  # {"epoch", "main", "rows"} of the best epoch so far
+    train_time: float = 0.0
+    train_samples: int = 0
     params: dict[str, torch.Tensor] = field(default_factory=dict)  # trainable tensors by name
     best_params: dict[str, torch.Tensor] = field(default_factory=dict)
     optimizer: dict = field(default_factory=dict)  # torch optimizer state_dict
     rng: dict[str, torch.Tensor] = field(default_factory=dict)
+    scheduler: dict = field(default_factory=dict)  # the learning-rate scheduler's state_dict (plain numbers)
 
 
 def sha256(path: Path) -> str:
@@ -103,6 +106,7 @@ def save(run_dir: Path, st: TrainState, best_changed: bool) -> None:
         files["best"] = previous["files"]["best"]
     meta = {"format": FORMAT, "epoch": st.epoch, "global_step": st.global_step, "history": st.history, "best": st.best,
             "train_time": st.train_time, "train_samples": st.train_samples, "optimizer_param_groups": groups,
+            "scheduler": st.scheduler,
             "files": files, "sha256": {k: sha256(folder / f) for k, f in files.items()}}
     io.write_json(folder / "state.json", meta)
     keep = set(files.values()) | {"state.json"}
@@ -128,7 +132,8 @@ def load(run_dir: Path) -> TrainState:
         raise UserError(f"nothing to resume: {folder / 'state.json'} does not exist (a run saves it after each epoch)")
     meta = _read_json(folder / "state.json")
     if meta.get("format") != FORMAT:
-        raise UserError(f"checkpoint {folder} has format {meta.get('format')!r}; accepted: {FORMAT}")
+        raise UserError(f"checkpoint {folder} has format {meta.get('format')!r}; accepted: {FORMAT} (a checkpoint "
+                        "of an older version cannot be resumed: start the run again with --overwrite)")
     loaded = {}
     for key, name in meta["files"].items():
         path = folder / name
@@ -150,6 +155,7 @@ def load(run_dir: Path) -> TrainState:
         optimizer=_unflatten_optimizer({k: v for k, v in state.items() if k.startswith("opt::")},
                                        meta["optimizer_param_groups"]),
         rng={k[len("rng::"):]: v for k, v in state.items() if k.startswith("rng::")},
+        scheduler=meta["scheduler"],
     )
 
 
@@ -184,26 +190,25 @@ class Interrupt:
         for sig, handler in self._old.items():  # a second Ctrl-C is not caught
             signal.signal(sig, handler)
 
-    def poll(self, global_step: int) -> bool:
+    def requested(self) -> bool:
+        """Whether a stop was asked for since the block began."""
         return self.signum is not None
 
 
-RESUMABLE_CHANGES = {"resume", "overwrite", "verbose", "keep_checkpoint", "eval_batch_size"}
 # settings added after runs were written: what a config.json without them ran with
 BEFORE_FIELD = {"fast_cpu_ops": False}
 
 
 def check_resumable(cfg, out: Path) -> None:
     """--resume: the folder holds a checkpoint of a run with the same settings."""
-    if not (out / "config.json").is_file():
-        raise UserError(f"nothing to resume in {str(out)!r}: no config.json (start the run without --resume)")
-    if not exists(out):
-        done = (out / "results.json").is_file() and json.loads((out / "results.json").read_text()).get("status") == "complete"
-        raise UserError(f"nothing to resume in {str(out)!r}: " + ("the run is already complete" if done else
-                        "no checkpoint (none was written before it stopped)"))
-    saved = BEFORE_FIELD | json.loads((out / "config.json").read_text())["config"]
+    state = read_state(out)
+    if state.status != INTERRUPTED:
+        why = ("the run is already complete" if state.status == COMPLETE else "no run there" if state.status == NEW
+               else state.reason)
+        raise UserError(f"nothing to resume in {str(out)!r}: {why}")
+    saved = BEFORE_FIELD | state.config
     mine = cfg.to_dict()
-    changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and saved.get(k) != mine[k])
+    changed = sorted(k for k in cfg.compared_on_resume() if saved.get(k) != mine[k])
     if changed:
         k = changed[0]
         raise UserError(f"--resume with {k}={mine[k]!r} but the run was started with {k}={saved.get(k)!r}; "

@@ -1,79 +1,129 @@
-"""RunConfig: every setting of a run, documented and validated in one place.
+"""RunConfig: every setting of a run, declared once: name, flag, default, help, validation.
 
-The config is written to ``config.json`` in the run folder, so every number can be traced to the
-exact settings that made it. ``run_glue.py`` builds one from the command line; the Python API
-builds one directly::
+The command line (``python run_glue.py -h``) is generated from these declarations, and the config
+is written to ``config.json`` in the run folder, so every number can be traced to the exact
+settings that made it. The Python API builds one directly::
 
-    from bitfit.config import RunConfig
+    from bitfit import RunConfig
     cfg = RunConfig(output_path="runs/rte", task_name="rte", fine_tune_type="bitfit",
                     bias_terms=["query", "intermediate"], data_dir="../shared/glue_data")
+
+Torch-free: ``-h`` imports only this module, ``methods`` and ``tasks``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 from dataclasses import dataclass, field
 
 from .errors import UserError
+from .methods import BIAS_ROLES, DEFAULT_MASK_SPARSITY, METHOD_OPTIONS, METHODS, check_bias_terms, get_method
 from .tasks import get_task
 
-FINE_TUNE_TYPES = ("full_ft", "bitfit", "frozen", "rand_uniform", "rand_row_col", "layers", "sparse_mask")
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULERS = ("constant", "linear", "cosine")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DEFAULT_MODEL = "minilm"
 
 
-def _f(default, help: str, **kw):
-    return field(default=default, metadata={"help": help}, **kw)
+@dataclass(frozen=True)
+class Range:
+    """Accepted values of a number: ``low`` (inclusive unless ``open_low``) to ``high`` (inclusive), finite."""
+
+    low: float
+    high: float
+    accepted: str
+    open_low: bool = False
+    integer: bool = False
+
+    def ok(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.integer and not isinstance(value, int):
+            return False
+        above = value > self.low if self.open_low else value >= self.low
+        return math.isfinite(value) and above and value <= self.high
+
+
+def ints(low: int, high: int = 1 << 62) -> Range:
+    return Range(low, high, f"an integer from {low} to {high}", integer=True)
+
+
+def setting(default, help: str, short: str | None = None, choices: tuple | None = None, check: Range | None = None,
+            metavar: str | None = None, label: str | None = None):
+    """A RunConfig field and everything the command line needs to offer it (``label``: its name in errors)."""
+    return field(default=default, metadata={"help": help, "short": short, "choices": choices, "check": check,
+                                            "metavar": metavar, "label": label})
 
 
 @dataclass
 class RunConfig:
-    """Settings of one fine-tuning run (see ``python run_glue.py -h`` for the same text)."""
+    """Settings of one fine-tuning run (``python run_glue.py -h`` shows the same text)."""
 
-    output_path: str = _f(None, "run folder to write (refused if it exists and is not empty, unless --overwrite)")
-    task_name: str = _f(None, "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (or GLUE's spelling)")
-    model_name: str = _f(DEFAULT_MODEL, "Hugging Face encoder id or local folder; 'minilm' is the bundled offline all-MiniLM-L6-v2")
-    fine_tune_type: str = _f("bitfit", "which parameters train: " + ", ".join(FINE_TUNE_TYPES))
-    bias_terms: list[str] | None = _f(None, "bias roles BitFit trains (default: every bias)")
-    layers: list[str] | None = _f(None, "restrict the policy to these encoder layers: indices, 'last:K' or 'auto:K'")
-    rand_budget: int | None = _f(None, "rand_uniform: number of trainable entries (default: the size of the BitFit selection)")
-    mask_sparsity: float = _f(0.01, "sparse_mask: target fraction of pretrained entries set to zero")
-    gpu_device: int | None = _f(None, "CUDA device index (default: the first GPU if there is one, else the CPU)")
-    cpu: bool = _f(False, "run on the CPU even if a GPU is available")
-    seed: int = _f(0, "random seed for initialisation, data order and random policies")
-    learning_rate: float = _f(1e-3, "peak learning rate (the paper: ~1e-3 for BitFit, ~2e-5 for full fine-tuning)")
-    epochs: int = _f(16, "number of training epochs")
-    batch_size: int = _f(8, "training batch size per device (before gradient accumulation)")
-    eval_batch_size: int = _f(64, "evaluation and prediction batch size")
-    optimizer: str = _f("adamw", "optimizer: " + ", ".join(OPTIMIZERS))
-    weight_decay: float = _f(0.0, "weight decay (decoupled for adamw, L2 for adam)")
-    scheduler: str = _f("constant", "learning-rate schedule after warm-up: " + ", ".join(SCHEDULERS))
-    warmup_ratio: float = _f(0.0, "fraction of training steps with linear warm-up")
-    grad_accum: int = _f(1, "gradient accumulation steps")
-    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 disables)")
-    precision: str = _f("fp32", "fp32, bf16 or fp16 autocast; trainable parameters and optimizer state stay fp32")
-    attention_dropout: float | None = _f(None, "override the model's attention-probability dropout (0 lets PyTorch use fused attention in training)")
-    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass instead of keeping them (less memory, more time)")
-    compile: bool = _f(False, "torch.compile the model (measure first: see docs/PERFORMANCE.md)")
-    fast_cpu_ops: bool = _f(True, "training on the CPU: this tool's dropout and attention (bitfit/fastops.py: the same "
-                                  "dropout distribution, faster, less memory) instead of PyTorch's; not with --compile")
-    max_seq_length: int = _f(128, "truncate inputs to this many tokens (batches are padded only to their longest)")
-    group_by_length: bool = _f(True, "batch training examples of similar length together (less padding; Hugging Face's group_by_length)")
-    max_train_samples: int | None = _f(None, "use only the first N training examples")
-    max_eval_samples: int | None = _f(None, "use only the first N examples of each dev split")
-    max_predict_samples: int | None = _f(None, "predict only the first N test examples (for quick checks; not a valid submission)")
-    data_dir: str | None = _f(None, "folder in the original GLUE TSV layout (default: $GLUE_DIR, else the datasets hub)")
-    eval_train: bool = _f(False, "also evaluate on the training set after every epoch")
-    predict_test: bool = _f(False, "write GLUE submission files for the test split(s) from the best epoch")
-    save_evaluator: bool = _f(False, "also write evaluator.pkl (evaluation history and config; never a module)")
-    overwrite: bool = _f(False, "allow writing into a non-empty output folder")
-    resume: bool = _f(False, "continue the run in --output-path from its last complete epoch (same settings)")
-    keep_checkpoint: bool = _f(False, "keep the per-epoch checkpoint folder after the run completes (default: delete it)")
-    trust_remote_code: bool = _f(False, "allow models whose code lives on the hub (runs that code; off by default)")
-    verbose: bool = _f(True, "log progress and the trainable-parameter table")
+    output_path: str = setting(None, "run folder to write (refused if it exists and is not empty, unless --overwrite)", "-o")
+    task_name: str = setting(None, "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (or GLUE's spelling)", "-t")
+    model_name: str = setting(DEFAULT_MODEL, "Hugging Face encoder id or local folder; 'minilm' is the bundled offline "
+                              "all-MiniLM-L6-v2", "-m")
+    fine_tune_type: str = setting("bitfit", "which parameters train (the head always does): " + "; ".join(
+        f"{m.name}: {m.trains}" for m in METHODS.values()), "-f", choices=tuple(METHODS), label="fine-tune type",
+        metavar="TYPE")
+    bias_terms: list[str] | None = setting(None, "bitfit only: the bias roles that train (default: every bias). Each "
+                                           "selects exactly that role: 'output' is the block's output projection only "
+                                           "(not the attention output), 'output_layernorm' the block's last LayerNorm "
+                                           "only (not the attention LayerNorm). Roles: " + ", ".join(BIAS_ROLES),
+                                           metavar="ROLE")
+    layers: list[str] | None = setting(None, "restrict the method to these encoder layers: indices (9 10 11), 'last:K' "
+                                       "or 'auto:K' (the K layers that move most in a short probe run)", metavar="L")
+    rand_budget: int | None = setting(None, "rand_uniform only: number of trainable entries (default: the size of the "
+                                      "BitFit selection)", check=ints(1))
+    mask_sparsity: float | None = setting(None, f"sparse_mask only: target fraction of pretrained entries set to zero "
+                                          f"(default: {DEFAULT_MASK_SPARSITY})",
+                                          check=Range(0, 1 - 1e-12, "0 <= sparsity < 1"))
+    gpu_device: int | None = setting(None, "CUDA device index (default: the first GPU if there is one, else the CPU)",
+                                     "-d", check=ints(0, 1 << 20))
+    cpu: bool = setting(False, "run on the CPU even if a GPU is available")
+    seed: int = setting(0, "random seed for initialisation, data order and random methods", "-s", check=ints(0, 2**32 - 1))
+    learning_rate: float = setting(1e-3, "peak learning rate (the paper: ~1e-3 for BitFit, ~2e-5 for full fine-tuning)",
+                                   "-l", check=Range(0, 1, "0 < lr <= 1", open_low=True))
+    epochs: int = setting(16, "number of training epochs", "-e", check=ints(1, 10_000))
+    batch_size: int = setting(8, "training batch size per device (before gradient accumulation)", "-b", check=ints(1, 1 << 20))
+    eval_batch_size: int = setting(64, "evaluation and prediction batch size", check=ints(1, 1 << 20))
+    optimizer: str = setting("adamw", "optimizer", choices=OPTIMIZERS)
+    weight_decay: float = setting(0.0, "weight decay (decoupled for adamw, L2 for adam)", check=Range(0, math.inf, ">= 0, finite"))
+    scheduler: str = setting("constant", "learning-rate schedule after warm-up", choices=SCHEDULERS)
+    warmup_ratio: float = setting(0.0, "fraction of training steps with linear warm-up",
+                                  check=Range(0, 1 - 1e-12, "0 <= ratio < 1"))
+    grad_accum: int = setting(1, "gradient accumulation steps", check=ints(1, 1 << 20))
+    max_grad_norm: float = setting(1.0, "gradient clipping norm (0 disables)", check=Range(0, math.inf, ">= 0 (0 disables), finite"))
+    precision: str = setting("fp32", "fp32, or bf16/fp16 autocast; trainable parameters and optimizer state stay fp32",
+                             choices=PRECISIONS)
+    attention_dropout: float | None = setting(None, "override the model's attention-probability dropout (0 lets PyTorch "
+                                              "use fused attention in training)", check=Range(0, 1 - 1e-12, "0 <= p < 1"))
+    gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass instead of keeping them "
+                                           "(less memory, more time)")
+    compile: bool = setting(False, "torch.compile the model (measure first: see docs/PERFORMANCE.md)")
+    fast_cpu_ops: bool = setting(True, "training on the CPU: this tool's dropout and attention (bitfit/fastops.py: the "
+                                 "same dropout distribution, less memory) instead of PyTorch's; not with --compile")
+    max_seq_length: int = setting(128, "truncate inputs to this many tokens (batches are padded only to their longest)",
+                                  check=ints(8, 1 << 20))
+    group_by_length: bool = setting(True, "batch training examples of similar length together (less padding; Hugging "
+                                    "Face's group_by_length)")
+    max_train_samples: int | None = setting(None, "use only the first N training examples", check=ints(1))
+    max_eval_samples: int | None = setting(None, "use only the first N examples of each dev split", check=ints(1))
+    max_predict_samples: int | None = setting(None, "predict only the first N test examples (for quick checks; not a "
+                                              "valid submission)", check=ints(1))
+    data_dir: str | None = setting(None, "folder in the original GLUE TSV layout (default: $GLUE_DIR, else the datasets hub)")
+    eval_train: bool = setting(False, "also evaluate on the training set after every epoch")
+    predict_test: bool = setting(False, "write GLUE submission files for the test split(s) from the best epoch")
+    save_evaluator: bool = setting(False, "also write evaluator.pkl (evaluation history and config; never a module)")
+    overwrite: bool = setting(False, "allow writing into a non-empty output folder")
+    resume: bool = setting(False, "continue the run in --output-path from its last complete epoch (same settings)")
+    keep_checkpoint: bool = setting(False, "keep the per-epoch checkpoint folder after the run completes")
+    trust_remote_code: bool = setting(False, "allow models whose code lives on the hub (runs that code)")
+    verbose: bool = setting(True, "log progress and the trainable-parameter table (--no-verbose: warnings and errors only)")
 
     def __post_init__(self) -> None:
         if not self.output_path:
@@ -81,61 +131,100 @@ class RunConfig:
         if not self.task_name:
             raise UserError("task name is required (-t/--task-name)")
         self.task_name = get_task(self.task_name).name
-        _choice("fine-tune type", self.fine_tune_type, FINE_TUNE_TYPES)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("scheduler", self.scheduler, SCHEDULERS)
-        _choice("precision", self.precision, PRECISIONS)
-        if not (0.0 < self.learning_rate <= 1.0):
-            raise UserError(f"learning rate {self.learning_rate} is out of range; accepted: 0 < lr <= 1")
-        _int_range("epochs", self.epochs, 1, 10_000)
-        _int_range("batch size", self.batch_size, 1, 1 << 20)
-        _int_range("eval batch size", self.eval_batch_size, 1, 1 << 20)
-        _int_range("grad accum", self.grad_accum, 1, 1 << 20)
-        _int_range("max seq length", self.max_seq_length, 8, 1 << 20)
-        for name in ("max_train_samples", "max_eval_samples", "max_predict_samples", "rand_budget"):
-            value = getattr(self, name)
-            if value is not None:
-                _int_range(name.replace("_", " "), value, 1, 1 << 62)
-        if self.weight_decay < 0:
-            raise UserError(f"weight decay {self.weight_decay} is out of range; accepted: >= 0")
-        if not (0.0 <= self.warmup_ratio < 1.0):
-            raise UserError(f"warmup ratio {self.warmup_ratio} is out of range; accepted: 0 <= ratio < 1")
-        if self.max_grad_norm < 0:
-            raise UserError(f"max grad norm {self.max_grad_norm} is out of range; accepted: >= 0 (0 disables)")
-        if not (0.0 <= self.mask_sparsity < 1.0):
-            raise UserError(f"mask sparsity {self.mask_sparsity} is out of range; accepted: 0 <= sparsity < 1")
-        if self.attention_dropout is not None and not (0.0 <= self.attention_dropout < 1.0):
-            raise UserError(f"attention dropout {self.attention_dropout} is out of range; accepted: 0 <= p < 1")
-        if self.gpu_device is not None and self.gpu_device < 0:
-            raise UserError(f"gpu device {self.gpu_device} is out of range; accepted: a CUDA index >= 0")
-        if self.data_dir is None and os.environ.get("GLUE_DIR"):
-            self.data_dir = os.environ["GLUE_DIR"]
+        for f in dataclasses.fields(self):
+            _check(f, getattr(self, f.name))
+        if self.data_dir is None:
+            self.data_dir = default_data_dir()
         if self.bias_terms is not None:
-            from .policies import check_bias_terms  # local import: policies imports torch
-
             self.bias_terms = check_bias_terms(self.bias_terms)
-        if self.layers is not None:
-            from .policies import parse_layers
+        self.layer_spec = None if self.layers is None else parse_layers(self.layers)
+        self._check_method_options()
 
-            parse_layers(self.layers, num_layers=None)  # syntax only; the model's depth is checked later
+    def _check_method_options(self) -> None:
+        """Refuse a method's option given to another method; fill the method's own defaults."""
+        method = get_method(self.fine_tune_type)
+        for option, owner in METHOD_OPTIONS.items():
+            if getattr(self, option) is not None and owner != method.name:
+                raise UserError(f"--{option.replace('_', '-')} is read only by fine-tune type {owner!r}; "
+                                f"{method.name!r} ignores it: leave it out (or use -f {owner})")
+        if self.layers is not None and not method.takes_layers:
+            raise UserError(f"--layers {' '.join(map(str, self.layers))} has no effect on fine-tune type "
+                            f"{method.name!r} (only the head trains): leave it out")
+        if method.name == "layers" and self.layers is None:
+            raise UserError(f"fine-tune type 'layers' needs --layers; accepted: {LAYERS_ACCEPTED}")
+        if method.name == "sparse_mask" and self.mask_sparsity is None:
+            self.mask_sparsity = DEFAULT_MASK_SPARSITY
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def help(cls, name: str) -> str:
-        return next(f.metadata["help"] for f in dataclasses.fields(cls) if f.name == name)
-
-    @classmethod
-    def default(cls, name: str):
-        return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    def compared_on_resume(self) -> set[str]:
+        """The settings a resumed run must share with the original: all but ``RESUMABLE_CHANGES`` and
+        other methods' options (which this method never reads)."""
+        others = {opt for opt, owner in METHOD_OPTIONS.items() if owner != self.fine_tune_type}
+        return {f.name for f in dataclasses.fields(self)} - RESUMABLE_CHANGES - others
 
 
-def _choice(what: str, value: str, accepted: tuple[str, ...]) -> None:
-    if value not in accepted:
-        raise UserError(f"unknown {what} {value!r}; accepted: {', '.join(accepted)}")
+# Settings a resumed run may change; everything else must equal the original run's.
+RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "verbose", "keep_checkpoint", "eval_batch_size", "gpu_device"})
 
 
-def _int_range(what: str, value: int, low: int, high: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not (low <= value <= high):
-        raise UserError(f"{what} {value!r} is out of range; accepted: an integer from {low} to {high}")
+def _check(f: dataclasses.Field, value) -> None:
+    label = f.metadata.get("label") or f.name.replace("_", " ")
+    choices, check = f.metadata.get("choices"), f.metadata.get("check")
+    if value is None:
+        return
+    if choices and value not in choices:
+        raise UserError(f"unknown {label} {value!r}; accepted: {', '.join(choices)}")
+    if check and not check.ok(value):
+        raise UserError(f"{label} {value!r} is out of range; accepted: {check.accepted}")
+
+
+def default_data_dir() -> str | None:
+    """``$GLUE_DIR`` if set (the one place it is read), else None (the datasets hub)."""
+    return os.environ.get("GLUE_DIR") or None
+
+
+# ---------------------------------------------------------------------------------------------
+# --layers, parsed once here; bitfit.policies resolves it against the model's depth
+
+
+LAYERS_ACCEPTED = "layer indices (e.g. 9 10 11), last:K or auto:K"
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """A parsed ``--layers``: explicit indices, or ``last:K`` / ``auto:K`` (K > 0)."""
+
+    indices: tuple[int, ...] = ()
+    last: int = 0
+    auto: int = 0
+
+    def resolve(self, num_layers: int) -> LayerSpec:
+        """Check against a model with ``num_layers`` layers; ``last:K`` becomes indices."""
+        k = self.last or self.auto
+        if k > num_layers:
+            kind = "last" if self.last else "auto"
+            raise UserError(f"layers '{kind}:{k}' asks for more layers than the model has; accepted: K from 1 to {num_layers}")
+        if self.last:
+            return LayerSpec(indices=tuple(range(num_layers - k, num_layers)))
+        if self.indices and self.indices[-1] >= num_layers:
+            raise UserError(f"layer {self.indices[-1]} is out of range; accepted: 0 to {num_layers - 1} "
+                            f"(the model has {num_layers} layers)")
+        return self
+
+
+def parse_layers(spec: list[str] | str) -> LayerSpec:
+    """``["9", "10"]``, ``["9,10"]``, ``["last:3"]``, ``["auto:3"]`` -> LayerSpec; syntax only."""
+    tokens = [t for item in ([spec] if isinstance(spec, str) else spec) for t in re.split(r"[,\s]+", str(item)) if t]
+    if not tokens:
+        raise UserError(f"empty layers value {spec!r}; accepted: {LAYERS_ACCEPTED}")
+    if any(":" in t for t in tokens):
+        match = re.fullmatch(r"(last|auto):(\d+)", tokens[0])
+        if len(tokens) != 1 or match is None or int(match[2]) == 0:
+            raise UserError(f"bad layers value {' '.join(tokens)!r}; accepted: {LAYERS_ACCEPTED} (K > 0, alone)")
+        return LayerSpec(last=int(match[2])) if match[1] == "last" else LayerSpec(auto=int(match[2]))
+    bad = [t for t in tokens if not re.fullmatch(r"\d+", t)]
+    if bad:
+        raise UserError(f"bad layers value {bad[0]!r}; accepted: {LAYERS_ACCEPTED}")
+    return LayerSpec(indices=tuple(sorted({int(t) for t in tokens})))

@@ -11,12 +11,10 @@ last column where GLUE does (so RTE's train row with an extra tab is read as GLU
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
 import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -24,11 +22,11 @@ from urllib.parse import urlparse
 
 import torch
 
+from . import tsv
 from .errors import UserError
 from .tasks import GlueTask, Split
 
 log = logging.getLogger(__name__)
-csv.field_size_limit(sys.maxsize)
 
 
 @dataclass
@@ -50,33 +48,29 @@ def read_tsv(path: Path, task: GlueTask, test: bool, text_columns: tuple[int, ..
         need = max(need, task.label_column + 1 if task.label_column >= 0 else 1)
     label_ids = {name: i for i, name in enumerate(task.labels)} if task.labels else None
     examples: list[Example] = []
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            for lineno, row in enumerate(csv.reader(f, delimiter="\t", quotechar=None), start=1):
-                if header and lineno == 1:
-                    continue
-                if not row or row == [""]:
-                    continue
-                if len(row) < need:
-                    raise UserError(f"{path}:{lineno}: expected at least {need} tab-separated columns, found {len(row)}")
-                texts = tuple(row[c] for c in text_cols)
-                if test:
-                    examples.append(Example(texts, None, row[0]))
-                    continue
-                raw = row[task.label_column].strip()
-                if label_ids is None:
-                    try:
-                        label: int | float = float(raw)
-                    except ValueError:
-                        raise UserError(f"{path}:{lineno}: label {raw!r} is not a number (STS-B scores are 0-5)") from None
-                else:
-                    if raw not in label_ids:
-                        raise UserError(f"{path}:{lineno}: unknown label {raw!r}; accepted: {', '.join(task.labels)}")
-                    label = label_ids[raw]
-                examples.append(Example(texts, label, str(len(examples))))
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    for lineno, row in tsv.read_rows(path):
+        if header and lineno == 1:
+            continue
+        if len(row) < need:
+            raise UserError(f"{path}:{lineno}: expected at least {need} tab-separated columns, found {len(row)}")
+        texts = tuple(row[c] for c in text_cols)
+        if test:
+            examples.append(Example(texts, None, row[0]))
+            continue
+        examples.append(Example(texts, _label(row[task.label_column].strip(), label_ids, path, lineno, task),
+                                str(len(examples))))
     return examples
+
+
+def _label(raw: str, label_ids: dict[str, int] | None, path, lineno: int, task: GlueTask) -> int | float:
+    if label_ids is None:
+        try:
+            return float(raw)
+        except ValueError:
+            raise UserError(f"{path}:{lineno}: label {raw!r} is not a number (STS-B scores are 0-5)") from None
+    if raw not in label_ids:
+        raise UserError(f"{path}:{lineno}: unknown label {raw!r}; accepted: {', '.join(task.labels)}")
+    return label_ids[raw]
 
 
 def _split_path(data_dir: Path, task: GlueTask, split: Split | None) -> Path:

@@ -90,7 +90,7 @@ def load_model(name: str, task: GlueTask, trust_remote_code: bool = False, atten
         config.label2id = {label: i for i, label in enumerate(task.labels)}
     model, info = _from_pretrained(AutoModelForSequenceClassification, source, name, config=config,
                                    output_loading_info=True, trust_remote_code=trust_remote_code)
-    fresh = sorted(info.get("missing_keys", []))
-    if fresh:
-        log.info("newly initialised (saved in the delta): %s", ", ".join(fresh))
-    return model, fresh
+    new_params = sorted(info.get("missing_keys", []))
+    if new_params:
+        log.info("newly initialised (saved in the delta): %s", ", ".join(new_params))
+    return model, new_params

@@ -106,5 +106,6 @@ def read_state(folder: str | os.PathLike) -> RunState:
     if epoch:
         return RunState(path, INTERRUPTED, f"interrupted after epoch {epoch}{of} (or still running): "
                                            "continue it with --resume", **kw)
-    return RunState(path, BROKEN, "stopped before its first epoch's checkpoint (or still in its first epoch): "
-                                  "start it again with --overwrite", **kw)
+    said = f" (results.json says {results.get('status')})" if isinstance(results, dict) else ""
+    return RunState(path, BROKEN, f"no checkpoint to resume from{said}: stopped or killed before one was written, or "
+                                  "still in its first epoch; start it again with --overwrite", **kw)

@@ -22,9 +22,6 @@ A -> B -> A the model is bit-identical to a fresh load of base + A.
 
 from __future__ import annotations
 
-import argparse
-import csv
-import io as _io
 import json
 import logging
 import os
@@ -36,10 +33,12 @@ from pathlib import Path
 import torch
 
 from . import delta as deltas
-from . import io, policies, sparse
-from .data import Example, encode
+from . import tsv
+from .data import Example, collator, encode
 from .errors import UserError
 from .models import load_model, load_tokenizer
+from .policies import head_names
+from .submit import format_prediction
 from .tasks import GlueTask, get_task
 
 log = logging.getLogger("bitfit")
@@ -87,14 +86,14 @@ class Backbone:
         t0 = time.perf_counter()
         # the head of a placeholder task: every delta brings its own head and replaces it
         with deltas.quiet_base_loading():
-            self.model, self.fresh = load_model(model_name, get_task("stsb"), trust_remote_code)
+            self.model, self.new_params = load_model(model_name, get_task("stsb"), trust_remote_code)
         self.tokenizer = load_tokenizer(model_name, trust_remote_code)
         self.name = model_name
-        self.fingerprint = deltas.fingerprint(self.model, self.fresh)
+        self.fingerprint = deltas.fingerprint(self.model, self.new_params)
         self.device = torch.device(device)
         self.model.to(self.device).eval().requires_grad_(False)
         self.params = dict(self.model.named_parameters())
-        self._head_names = set(policies.head_names(self.model))
+        self._head_names = set(head_names(self.model))
         self._base_whole: dict[str, torch.Tensor] = {}
         self._base_head = {n: self.params[n].data for n in self._head_names}
         self.tasks: dict[str, _Task] = {}
@@ -132,38 +131,26 @@ class Backbone:
 
     def _compile(self, name: str, d: deltas.Delta) -> _Task:
         t = _Task(name, d, d.task)
-        parts: dict[str, dict[str, torch.Tensor]] = {}
-        for key, tensor in d.tensors.items():
-            pname, _, kind = key.partition("::")
-            if pname not in self.params or kind not in ("", "indices", "values", "maskbits", "shape"):
-                raise UserError(f"delta {d.path}: tensor {key!r} does not fit {self.name!r}; accepted: its parameter "
-                                "names, optionally with ::indices, ::values, ::maskbits or ::shape")
-            parts.setdefault(pname, {})[kind] = tensor
-        for pname, part in parts.items():
+        where = f"delta {d.path}"
+        for pname, part in deltas.parse(d.tensors, self.params, where).items():
             p = self.params[pname]
             if pname in self._head_names:
-                if set(part) != {""} or part[""].shape[1:] != p.shape[1:]:
-                    raise UserError(f"delta {d.path}: head tensor {pname!r} is {tuple(part[''].shape) if '' in part else 'partial'}; "
-                                    f"accepted: a whole tensor of shape (num_labels, {', '.join(map(str, p.shape[1:]))})")
-                t.head[pname] = part[""].to(self.device, p.dtype, copy=True)  # own, aligned storage
-            elif "" in part:
-                _check_shape(d, pname, part[""].shape, p.shape)
-                t.whole[pname] = part[""].to(self.device, p.dtype)
+                if part.kind != deltas.WHOLE or part.tensor.shape[1:] != p.shape[1:]:
+                    shape = tuple(part.tensor.shape) if part.kind == deltas.WHOLE else "partial"
+                    raise UserError(f"{where}: head tensor {pname!r} is {shape}; accepted: a whole tensor of shape "
+                                    f"(num_labels, {', '.join(map(str, p.shape[1:]))})")
+                t.head[pname] = part.tensor.to(self.device, p.dtype, copy=True)  # own, aligned storage
+            elif part.kind == deltas.WHOLE:
+                deltas.check_shape(pname, part.tensor.shape, p.shape, where)
+                t.whole[pname] = part.tensor.to(self.device, p.dtype)
                 self._base_whole.setdefault(pname, p.detach().clone())
-            elif "indices" in part and "values" in part:
-                index = part["indices"].to(self.device, torch.int64)
-                t.partial[pname] = _Sparse(index, part["values"].to(self.device, p.dtype), p.view(-1)[index].clone())
-            elif "maskbits" in part and "shape" in part:
-                shape = tuple(int(s) for s in part["shape"])
-                _check_shape(d, pname, shape, p.shape)
-                index = (~sparse.unpack_bits(part["maskbits"], shape)).flatten().nonzero().flatten().to(self.device)
-                t.partial[pname] = _Sparse(index, None, p.view(-1)[index].clone())
             else:
-                raise UserError(f"delta {d.path}: {pname!r} is incomplete ({', '.join(sorted(part))}); accepted: "
-                                "::indices with ::values, or ::maskbits with ::shape")
+                index = part.indices.to(self.device)
+                values = None if part.values is None else part.values.to(self.device, p.dtype)
+                t.partial[pname] = _Sparse(index, values, p.view(-1)[index].clone())
         missing = self._head_names - set(t.head)
         if missing:
-            raise UserError(f"delta {d.path} has no {', '.join(sorted(missing))}; every delta must carry its task head")
+            raise UserError(f"{where} has no {', '.join(sorted(missing))}; every delta must carry its task head")
         return t
 
     @torch.no_grad()
@@ -218,8 +205,6 @@ class Backbone:
         if examples and len(examples[0].texts) != len(t.task.test_text_columns):
             raise UserError(f"task {t.task.glue_name} takes {len(t.task.test_text_columns)} text(s) per example; "
                             f"got {len(examples[0].texts)}")
-        from .data import collator
-
         encoded = encode(examples, self.tokenizer, max_seq_length or config.get("max_seq_length", 128), t.task.is_regression)
         loader = torch.utils.data.DataLoader(encoded, batch_size=batch_size or config.get("eval_batch_size", 64),
                                              collate_fn=collator(self.tokenizer))
@@ -235,8 +220,6 @@ class Backbone:
     def predict(self, name: str, texts, batch_size: int | None = None, max_seq_length: int | None = None,
                 probs: bool = True) -> list[Prediction]:
         """Predictions for task ``name``; ``texts``: strings or tuples of strings, or ``Example``s."""
-        from .train import format_prediction
-
         examples = [e if isinstance(e, Example) else Example((e,) if isinstance(e, str) else tuple(e), None, str(i))
                     for i, e in enumerate(texts)]
         logits = self.logits(name, examples, batch_size, max_seq_length)  # checks the name
@@ -246,11 +229,6 @@ class Backbone:
         p = torch.softmax(logits, dim=-1)
         return [Prediction(format_prediction(task, i), probs=dict(zip(task.labels, row)) if probs else None)
                 for i, row in zip(logits.argmax(-1).tolist(), p.tolist())]
-
-
-def _check_shape(d: deltas.Delta, name: str, got, want) -> None:
-    if tuple(got) != tuple(want):
-        raise UserError(f"delta {d.path}: {name!r} has shape {tuple(got)}; accepted: {tuple(want)} (another model size?)")
 
 
 def _copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
@@ -288,10 +266,7 @@ def read_source(source: str) -> tuple[str, str]:
     p = Path(source)
     if not p.is_file():
         raise UserError(f"input {source!r} not found; accepted: a .tsv or .jsonl file, or - for standard input")
-    try:
-        return source, p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{source}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    return source, tsv.read_text(p)
 
 
 def parse_inputs(name: str, text: str, task: GlueTask, fmt: str = "auto") -> list[Example]:
@@ -304,7 +279,7 @@ def parse_inputs(name: str, text: str, task: GlueTask, fmt: str = "auto") -> lis
 
 
 def _parse_tsv(name: str, text: str, task: GlueTask) -> list[Example]:
-    rows = [r for r in csv.reader(_io.StringIO(text), delimiter="\t", quotechar=None) if r and r != [""]]
+    rows = [row for _, row in tsv.parse_rows(text)]
     if not rows:
         return []
     header = [h.strip() for h in rows[0]]
@@ -366,86 +341,3 @@ def format_rows(task: GlueTask, examples: list[Example], preds: list[Prediction]
     for e, p in zip(examples, preds):
         lines.append("\t".join([e.index, p.label] + ([f"{p.probs[label]:.6f}" for label in task.labels] if probs else [])))
     return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------------------------
-# python -m bitfit predict
-
-
-def build_parser(p):
-    """Flags of ``python -m bitfit predict`` (added to the parser ``bitfit.__main__`` makes)."""
-    p.add_argument("--delta", nargs="+", action="extend", required=True, metavar="DELTA",
-                   help="delta.safetensors files or run folders; several share one backbone, loaded once")
-    p.add_argument("--input", "-i", nargs="+", action="extend", required=True, metavar="FILE",
-                   help="examples to predict: a TSV with a header (text columns named as the task's, e.g. "
-                   "sentence1/sentence2, or GLUE's test-file layout), a .jsonl file, or - for standard input; "
-                   "one for all deltas, or one per delta")
-    p.add_argument("--output", "-o", default="-", help="file to write (- for standard output); with several deltas "
-                   "a folder, one <task>.tsv (or .jsonl) each")
-    p.add_argument("--format", choices=("tsv", "jsonl"), default=None,
-                   help="output format (default: jsonl if --output ends in .jsonl, else tsv)")
-    p.add_argument("--input-format", choices=("auto", "tsv", "jsonl"), default="auto",
-                   help="input format (auto: by file suffix; for - by the first character)")
-    p.add_argument("--probs", action="store_true", help="also write each label's probability (classification tasks)")
-    p.add_argument("--base", default=None, help="base model (default: the one the first delta names); must match "
-                   "every delta's fingerprint")
-    p.add_argument("--batch-size", type=int, default=None, help="examples per forward pass (default: the run's eval batch size)")
-    p.add_argument("--max-seq-length", type=int, default=None, help="truncate inputs (default: the run's max seq length)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (auto: the first GPU if there is one)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow a base model whose code lives on the hub")
-    p.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=True,
-                   help="log loading and task-switch times (--no-verbose: warnings only)")
-    return p
-
-
-def cli(args) -> int:
-    from .train import setup_logging
-
-    setup_logging(args.verbose)
-    if len(args.input) not in (1, len(args.delta)):
-        raise UserError(f"{len(args.input)} inputs for {len(args.delta)} deltas; accepted: one input for all, or one per delta")
-    for flag in ("batch_size", "max_seq_length"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is out of range; accepted: an integer >= 1")
-    fmt = args.format or ("jsonl" if args.output.endswith(".jsonl") else "tsv")
-    several = len(args.delta) > 1
-    if several and args.output == "-" and fmt == "tsv":
-        raise UserError("several deltas write one table each: pass -o FOLDER, or --format jsonl for one stream")
-    if several and args.output != "-" and Path(args.output).is_file():
-        raise UserError(f"output {args.output!r} is a file; with several deltas accepted: a folder")
-    if not several and args.output != "-" and Path(args.output).is_dir():
-        raise UserError(f"output {args.output!r} is a folder; with one delta accepted: a file path, or - for standard output")
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        kind = torch.device(device).type
-    except RuntimeError:
-        kind = None
-    if kind not in ("cpu", "cuda") or (kind == "cuda" and not torch.cuda.is_available()):
-        raise UserError(f"device {args.device!r} is not available here; accepted: cpu"
-                        + (", cuda, cuda:N" if torch.cuda.is_available() else " (no CUDA GPU found)") + ", auto")
-    ds = [deltas.read(p) for p in args.delta]
-    keys = task_keys(ds)
-    bb = Backbone.for_deltas(ds, base=args.base, device=device, trust_remote_code=args.trust_remote_code, names=keys)
-    log.info("backbone %s loaded once in %.2f s; tasks: %s", bb.name, bb.load_seconds, ", ".join(keys))
-    sources = {}
-    for i, key in enumerate(keys):
-        src = args.input[i if len(args.input) > 1 else 0]
-        if src not in sources:
-            sources[src] = read_source(src)
-        name, text = sources[src]
-        task = bb.tasks[key].task
-        examples = parse_inputs(name, text, task, args.input_format)
-        preds = bb.predict(key, examples, args.batch_size, args.max_seq_length, probs=args.probs)
-        rows = format_rows(task, examples, preds, fmt, args.probs, task_name=key if several else None)
-        if args.output == "-":
-            sys.stdout.write(rows)
-            sys.stdout.flush()
-        else:
-            out = Path(args.output) / f"{key}.{fmt}" if several else Path(args.output)
-            io.write_text(out, rows)
-            log.info("%s: %d predictions -> %s", key, len(preds), out)
-    if bb.switches[1:]:
-        times = sorted(s for _, _, s in bb.switches[1:])  # the first is base -> task, not a task switch
-        log.info("task switches: %d, median %.3f ms, max %.3f ms (%s)", len(times), 1e3 * times[len(times) // 2],
-                 1e3 * times[-1], "; ".join(f"{a} -> {b} {1e3 * s:.3f} ms" for a, b, s in bb.switches[1:]))
-    return 0

@@ -19,7 +19,6 @@ with one line saying which; ``--allow-missing`` zips a partial set on purpose.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -27,9 +26,11 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import io
+from . import io, tsv
+from .config import default_data_dir
 from .data import read_tsv
 from .errors import UserError
+from .runstate import COMPLETE, read_state
 from .tasks import TASKS, GlueTask, Split, get_task
 
 log = logging.getLogger("bitfit")
@@ -58,24 +59,14 @@ class Entry:
     expected_from: str  # the test file the rows were checked against, or "GLUE's known count"
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: cannot be read as JSON ({e.__class__.__name__})") from None
-
-
 def _run_task(run: Path) -> tuple[GlueTask, dict]:
     if not run.is_dir():
         raise UserError(f"run folder {str(run)!r} not found; accepted: folders written by run_glue.py --predict-test")
-    if not (run / "results.json").is_file():
-        raise UserError(f"run {str(run)!r} has no results.json: not a finished run")
-    results = _read_json(run / "results.json")
-    if results.get("status", "complete") != "complete":
-        raise UserError(f"run {str(run)!r} did not finish (status {results['status']!r}); its test predictions, if any, "
+    state = read_state(run)
+    if state.status != COMPLETE:
+        raise UserError(f"run {str(run)!r} is not complete ({state.reason}); its test predictions, if any, "
                         "are not the best epoch's")
-    config = _read_json(run / "config.json").get("config", {}) if (run / "config.json").is_file() else {}
-    return get_task(results.get("task") or config.get("task_name") or "?"), config
+    return get_task(state.results.get("task") or state.config.get("task_name") or "?"), state.config
 
 
 def _expected(split: Split, task: GlueTask, file: str, data_dirs: list[Path]) -> tuple[list[str] | None, int, str]:
@@ -90,20 +81,21 @@ def _expected(split: Split, task: GlueTask, file: str, data_dirs: list[Path]) ->
 
 def check_file(path: Path, task: GlueTask, indices: list[str] | None, count: int, source: str) -> int:
     """Header, row count, index order (when known) and label format of one prediction file."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if not lines or lines[0] != HEADER:
-        raise UserError(f"{path}: first line is {lines[0] if lines else ''!r}; accepted: {HEADER!r}")
-    rows = [line.split("\t") for line in lines[1:] if line]
+    rows = tsv.read_rows(path)
+    header = "\t".join(rows[0][1]) if rows else ""
+    if not rows or rows[0][0] != 1 or header != HEADER:
+        raise UserError(f"{path}: first line is {header!r}; accepted: {HEADER!r}")
+    rows = rows[1:]
     if len(rows) != count:
         raise UserError(f"{path}: {len(rows)} predictions, but the test set has {count} rows ({source}); "
                         "a complete test prediction is needed")
     seen = set()
-    for lineno, row in enumerate(rows, start=2):
+    for k, (lineno, row) in enumerate(rows):
         if len(row) != 2:
             raise UserError(f"{path}:{lineno}: {len(row)} columns; accepted: index<TAB>prediction")
         index, pred = row
-        if indices is not None and index != indices[lineno - 2]:
-            raise UserError(f"{path}:{lineno}: index {index!r}, but the test file has {indices[lineno - 2]!r} there ({source})")
+        if indices is not None and index != indices[k]:
+            raise UserError(f"{path}:{lineno}: index {index!r}, but the test file has {indices[k]!r} there ({source})")
         if index in seen:
             raise UserError(f"{path}:{lineno}: index {index!r} appears twice")
         seen.add(index)
@@ -136,7 +128,7 @@ def collect(runs, data_dir: str | None = None) -> tuple[dict[str, tuple[Path, En
         if task.name in owner:
             raise UserError(f"two runs for {task.glue_name}: {str(owner[task.name])!r} and {str(run)!r}; accepted: one run per task")
         owner[task.name] = run
-        roots = [Path(p) for p in (data_dir or os.environ.get("GLUE_DIR"), config.get("data_dir")) if p]
+        roots = [Path(p) for p in (data_dir or default_data_dir(), config.get("data_dir")) if p]
         for split in task.test_splits:
             path = run / split.submission
             if not path.is_file():
@@ -190,31 +182,19 @@ def _tasks_of(files: list[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# python -m bitfit submit
+# A run's own submission files
 
 
-def build_parser(p):
-    """Flags of ``python -m bitfit submit`` (added to the parser ``bitfit.__main__`` makes)."""
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders written with --predict-test, one per task")
-    p.add_argument("--output", "-o", default="glue_submission.zip", help="zip file to write")
-    p.add_argument("--data-dir", default=None, help="GLUE folder whose test files the row counts and indices are "
-                   "checked against (default: $GLUE_DIR, else each run's own data dir, else GLUE's known counts)")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="zip even if some of the 11 GLUE files are missing (the GLUE server wants all of them)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing zip file")
-    return p
+def format_prediction(task: GlueTask, pred) -> str:
+    """A label name as GLUE takes it, or the STS-B score with three decimals clipped to [0, 5]."""
+    if task.is_regression:
+        return f"{min(5.0, max(0.0, float(pred))):.3f}"
+    return task.labels[int(pred)]
 
 
-def cli(args) -> int:
-    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING)
-    files, missing = submit(args.runs, args.output, args.data_dir, args.allow_missing, args.overwrite)
-    width = max(len(f) for f in KNOWN_ROWS)
-    for name in KNOWN_ROWS:
-        if name in files:
-            e = files[name][1]
-            print(f"{name:<{width}}  {e.rows:>7,} rows  {e.run}  (checked against {e.expected_from})")
-        else:
-            print(f"{name:<{width}}  missing")
-    print(f"wrote {args.output}: {len(files)} of {len(KNOWN_ROWS)} GLUE files"
-          + (f"; MISSING {', '.join(missing)} (--allow-missing)" if missing else ""))
-    return 0
+def write_submission(path: Path, task: GlueTask, examples, preds) -> None:
+    """``index<TAB>prediction`` rows in the label format the GLUE server accepts."""
+    if len(examples) != len(preds):
+        raise RuntimeError(f"{path.name}: {len(preds)} predictions for {len(examples)} test rows")
+    lines = [HEADER] + [f"{e.index}\t{format_prediction(task, p)}" for e, p in zip(examples, preds)]
+    io.write_text(path, "\n".join(lines) + "\n")

@@ -59,19 +59,17 @@ run_dir() {
     echo "$(size_dir "${5:-}")/$1/$2/lr$3_seed$4"
 }
 
-# run_state DIR: complete | diverged | resume | stale (something there, not resumable) | new
+# run_state DIR: complete | diverged | resume | stale (something there, not resumable) | new, from the
+# one reader of a run folder's state (bitfit.runstate: python -m bitfit state)
 run_state() {
-    local dir=$1 results=$1/results.json
-    if [[ -f $results ]]; then
-        if grep -Eq '"status"[[:space:]]*:[[:space:]]*"complete"' "$results"; then echo complete; return; fi
-        if ! grep -q '"status"' "$results" && grep -Eq '"best_epoch"[[:space:]]*:[[:space:]]*[0-9]' "$results"; then
-            echo complete; return   # written before results.json had a status
-        fi
-        if grep -Eq '"status"[[:space:]]*:[[:space:]]*"diverged"' "$results"; then echo diverged; return; fi
-    fi
-    if [[ -f $dir/checkpoint/state.json ]]; then echo resume; return; fi
-    if [[ -d $dir && -n $(ls -A "$dir") ]]; then echo stale; return; fi
-    echo new
+    local status
+    status=$(PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m bitfit state --status-only "$1")
+    [[ -n $status ]] || { echo "cannot read the state of run folder $1 (python -m bitfit state failed)" >&2; return 1; }
+    case $status in
+        interrupted) echo resume ;;
+        broken) echo stale ;;
+        *) echo "$status" ;;
+    esac
 }
 
 # state_flags STATE: what run_glue.py needs for a run in that state ("skip": nothing to do)
@@ -184,7 +182,7 @@ run_queue() {
         bash -c 'run_job "$1"' run_job
 }
 
-# make_report NAME ROOTS...: python -m bitfit.report over the roots that exist -> $OUT_ROOT/reports/NAME
+# make_report NAME ROOTS...: python -m bitfit report over the roots that exist -> $OUT_ROOT/reports/NAME
 make_report() {
     local name=$1 roots=() root
     shift
@@ -194,7 +192,7 @@ make_report() {
         echo "$name: no run folders yet, no report" >&2
         return 0
     fi
-    local cmd=("$PYTHON" -m bitfit.report "${roots[@]}" -o "$OUT_ROOT/reports/$name" --overwrite --no-verbose)
+    local cmd=("$PYTHON" -m bitfit report "${roots[@]}" -o "$OUT_ROOT/reports/$name" --overwrite --no-verbose)
     if [[ $DRY_RUN == 1 ]]; then
         echo "[report] $(printf '%q ' "${cmd[@]}")"
     else

@@ -11,13 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bitfit import delta, policies, sparse
+from bitfit import delta, policies
+from bitfit.policies import sparse
 from bitfit.__main__ import main
 from bitfit.config import RunConfig
 from bitfit.errors import UserError
 from bitfit.models import load_model
 from bitfit.tasks import get_task
-from bitfit.train import format_prediction
+from bitfit.submit import format_prediction
 from conftest import make_tiny_model_dir
 from test_cli import make_glue_dir
 
@@ -69,7 +70,7 @@ def logits(model, inputs) -> torch.Tensor:
 
 
 def test_a_run_writes_only_what_it_learned_with_fingerprint_and_versions(tmp_path, tiny_bert_dir):
-    from bitfit.train import run
+    from bitfit import run
 
     data = make_glue_dir(tmp_path / "glue")
     run(RunConfig(output_path=str(tmp_path / "run"), task_name="rte", model_name=str(tiny_bert_dir),

@@ -9,8 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from bitfit import delta
 from bitfit import policies as P
-from bitfit import sparse
+from bitfit.config import LayerSpec, RunConfig, parse_layers
+from bitfit.delta import apply_tensors, encode
+from bitfit.methods import BIAS_ROLES, check_bias_terms
+from bitfit.policies import anatomy, sparse
+from bitfit.policies.random import sample_without_replacement
 from bitfit.errors import UserError
 from conftest import tiny_classifier
 
@@ -18,6 +23,7 @@ from conftest import tiny_classifier
 def cfg(fine_tune_type="bitfit", **kw):
     base = dict(fine_tune_type=fine_tune_type, bias_terms=None, layers=None, rand_budget=None, mask_sparsity=0.01, seed=0)
     base.update(kw)
+    base["layer_spec"] = None if base["layers"] is None else parse_layers(base["layers"])  # as RunConfig parses it
     return SimpleNamespace(**base)
 
 
@@ -45,7 +51,7 @@ def snapshot(m) -> dict[str, torch.Tensor]:
 
 def effective(m) -> dict[str, torch.Tensor]:
     """Every parameter as the forward pass sees it (a masked weight as W * mask)."""
-    return {n: P._tensor(m, n).detach().clone() for n in snapshot(m)}
+    return {n: delta._tensor(m, n).detach().clone() for n in snapshot(m)}
 
 
 def train(m, sel, steps=3, opt_cls=torch.optim.AdamW, seed=0):
@@ -218,8 +224,8 @@ def test_layers_policy():
     assert names("bert", fine_tune_type="full_ft", layers=["1"]) == expected
     assert names("bert", fine_tune_type="layers", layers=["0", "1"]) == (
         {n for n, _ in model().named_parameters() if ".layer." in n} | BERT_HEAD)
-    with pytest.raises(UserError, match="needs --layers"):
-        names("bert", fine_tune_type="layers")
+    with pytest.raises(UserError, match="needs --layers"):  # refused with the settings, before any model loads
+        RunConfig(output_path="unused", task_name="rte", fine_tune_type="layers")
 
 
 def test_sparse_mask_chooses_linear_weights():
@@ -252,16 +258,16 @@ def tiny_any(model_type, **kw):
 ])
 def test_role_mapping_covers_every_block_bias_once(model_type, kw):
     m = tiny_any(model_type, **kw)
-    enc = P._encoder(m)
-    block_biases = {n for n in enc if n.endswith(".bias") and P._layer_of(P._rel(m, n)) is not None}
+    enc = anatomy.encoder_params(m)
+    block_biases = {n for n in enc if n.endswith(".bias") and anatomy.layer_of(anatomy.rel_name(m, n)) is not None}
     seen = []
-    for role in P.BIAS_ROLES[:-1]:
+    for role in list(BIAS_ROLES)[:-1]:
         chosen = set(P.select(m, cfg(bias_terms=[role])).trainable) - set(P.head_names(m))
-        chosen = {n for n in chosen if not P._POOLER_BIAS.fullmatch(P._rel(m, n))}
+        chosen = {n for n in chosen if not anatomy.POOLER_BIAS.fullmatch(anatomy.rel_name(m, n))}
         if role == "embeddings_layernorm":
-            assert len(chosen) == 1 and P._layer_of(P._rel(m, next(iter(chosen)))) is None
+            assert len(chosen) == 1 and anatomy.layer_of(anatomy.rel_name(m, next(iter(chosen)))) is None
         else:
-            assert len(chosen) == 2 and {P._layer_of(P._rel(m, n)) for n in chosen} == {0, 1}, (role, chosen)
+            assert len(chosen) == 2 and {anatomy.layer_of(anatomy.rel_name(m, n)) for n in chosen} == {0, 1}, (role, chosen)
             seen += chosen
     assert sorted(seen) == sorted(block_biases)  # every block bias has exactly one role
 
@@ -278,8 +284,8 @@ def test_unsupported_architecture():
 
 def test_unknown_bias_term():
     with pytest.raises(UserError, match=r"unknown bias term 'outputs'; accepted: query, key, value"):
-        P.check_bias_terms(["query", "outputs"])
-    assert P.check_bias_terms(["query", "all"]) == ["query", "all"]
+        check_bias_terms(["query", "outputs"])
+    assert check_bias_terms(["query", "all"]) == ["query", "all"]
     with pytest.raises(UserError, match="unknown bias term"):
         P.select(model(), cfg(bias_terms=["bias"]))
     with pytest.raises(UserError, match="unknown bias term 'bogus'"):
@@ -292,15 +298,13 @@ def test_select_is_pure():
     m = model()
     before = snapshot(m)
     grads = {n: p.requires_grad for n, p in m.named_parameters()}
-    for policy in P.POLICIES:
+    for policy in P.SELECTORS:
         P.select(m, cfg(policy, layers=["1"]))
     assert {n: p.requires_grad for n, p in m.named_parameters()} == grads
     assert all(torch.equal(before[n], t) for n, t in snapshot(m).items())
 
 
 def test_works_with_run_config():
-    from bitfit.config import RunConfig
-
     c = RunConfig(output_path="unused", task_name="rte", fine_tune_type="bitfit", bias_terms=["query"], layers=["last:1"])
     assert names("bert", bias_terms=c.bias_terms, layers=c.layers) == {
         "bert.encoder.layer.1.attention.self.query.bias", "bert.pooler.dense.bias"} | BERT_HEAD
@@ -390,10 +394,10 @@ def test_rand_uniform_budget_and_seed():
 
 def test_sampling_without_replacement_large_pool():
     g = torch.Generator().manual_seed(0)
-    picked = P.sample_without_replacement(100_000_000, 50_000, g)
+    picked = sample_without_replacement(100_000_000, 50_000, g)
     assert picked.numel() == 50_000 and torch.unique(picked).numel() == 50_000
     assert int(picked.min()) >= 0 and int(picked.max()) < 100_000_000
-    assert torch.equal(picked, P.sample_without_replacement(100_000_000, 50_000, torch.Generator().manual_seed(0)))
+    assert torch.equal(picked, sample_without_replacement(100_000_000, 50_000, torch.Generator().manual_seed(0)))
     # roughly uniform: each tenth of the range gets about a tenth of the picks
     counts = torch.bincount(picked // 10_000_000, minlength=10)
     assert (counts - 5000).abs().max() < 400
@@ -403,13 +407,13 @@ def test_rand_row_col_one_line_per_matrix():
     m = model()
     sel = P.select(m, cfg("rand_row_col", seed=3))
     params = dict(m.named_parameters())
-    for name in P._linear_weights(m):
+    for name in anatomy.linear_weights(m):
         mask = sel.trainable[name]
         rows, cols = params[name].shape
         full_rows = mask.all(dim=1).sum().item()
         full_cols = mask.all(dim=0).sum().item()
         assert (full_rows, int(mask.sum())) == (1, cols) or (full_cols, int(mask.sum())) == (1, rows)
-    assert set(sel.trainable) == set(P._linear_weights(m)) | BERT_HEAD
+    assert set(sel.trainable) == set(anatomy.linear_weights(m)) | BERT_HEAD
 
 
 # ----------------------------------------------------------------------------------------------
@@ -452,11 +456,11 @@ def test_delta_round_trip_is_exact(tmp_path, arch, policy, kw):
     train(m, sel, steps=5)
     if policy == "sparse_mask":
         assert sparse.achieved_sparsity(m) > 0.1
-    save_file(P.delta_tensors(m, sel), tmp_path / "delta.safetensors")
+    save_file(encode(m, sel), tmp_path / "delta.safetensors")
     tensors = load_file(tmp_path / "delta.safetensors")
 
     fresh = model(arch)
-    P.load_delta(fresh, tensors)
+    apply_tensors(fresh, tensors)
     trained, loaded = effective(m), dict(fresh.named_parameters())
     assert trained.keys() == loaded.keys()
     for name in trained:
@@ -471,14 +475,14 @@ def test_delta_names():
     m = model()
     sel = P.select(m, cfg("rand_uniform", rand_budget=10))
     P.apply(m, sel)
-    keys = set(P.delta_tensors(m, sel))
+    keys = set(encode(m, sel))
     assert {"classifier.weight", "classifier.bias"} <= keys
     partial = [n for n, k in sel.trainable.items() if k is not None]
     assert keys == BERT_HEAD | {f"{n}::{s}" for n in partial for s in ("indices", "values")}
     with pytest.raises(UserError, match="does not fit this model"):
-        P.load_delta(model(), {"bert.nope.bias": torch.zeros(3)})
+        apply_tensors(model(), {"bert.nope.bias": torch.zeros(3)})
     with pytest.raises(UserError, match="has shape"):
-        P.load_delta(model(), {"classifier.bias": torch.zeros(3)})
+        apply_tensors(model(), {"classifier.bias": torch.zeros(3)})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -509,7 +513,7 @@ def test_sparse_mask_hits_the_target_per_matrix():
                 p.copy_(torch.randn(p.shape))
     for name, keep in sparse.masks(m).items():
         assert int((~keep).sum()) == int(0.3 * keep.numel()), name
-        w = P._tensor(m, name)
+        w = delta._tensor(m, name)
         assert (w[~keep] == 0).all() and torch.equal(w[keep], snapshot(m)[name][keep])
     assert abs(sparse.achieved_sparsity(m) - 0.3) < 0.01
     before = effective(m)
@@ -531,12 +535,12 @@ def test_pack_bits_matches_numpy():
 
 
 def test_parse_layers_good():
-    assert P.parse_layers(["9", "10", "11"], None) == P.LayerSpec(indices=(9, 10, 11))
-    assert P.parse_layers(["11,9"], 12) == P.LayerSpec(indices=(9, 11))
-    assert P.parse_layers("10 11", 12) == P.LayerSpec(indices=(10, 11))
-    assert P.parse_layers(["last:3"], None) == P.LayerSpec(last=3)
-    assert P.parse_layers(["last:3"], 12) == P.LayerSpec(indices=(9, 10, 11))
-    assert P.parse_layers(["auto:2"], 12) == P.LayerSpec(auto=2)
+    assert parse_layers(["9", "10", "11"]) == LayerSpec(indices=(9, 10, 11))
+    assert parse_layers(["11,9"]).resolve(12) == LayerSpec(indices=(9, 11))
+    assert parse_layers("10 11").resolve(12) == LayerSpec(indices=(10, 11))
+    assert parse_layers(["last:3"]) == LayerSpec(last=3)
+    assert parse_layers(["last:3"]).resolve(12) == LayerSpec(indices=(9, 10, 11))
+    assert parse_layers(["auto:2"]).resolve(12) == LayerSpec(auto=2)
 
 
 @pytest.mark.parametrize("spec,depth,message", [
@@ -546,7 +550,9 @@ def test_parse_layers_good():
 ])
 def test_parse_layers_bad(spec, depth, message):
     with pytest.raises(UserError, match=message):
-        P.parse_layers(spec, depth)
+        spec = parse_layers(spec)
+        if depth is not None:
+            spec.resolve(depth)
 
 
 def test_layers_out_of_range_for_the_model():

@@ -14,8 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bitfit import report
+from bitfit.cli import main as bitfit_main
 from bitfit.config import RunConfig
+from bitfit.errors import UserError
+from bitfit.report import write_report
+from bitfit.report.deltas import BaseModels, bias_change, layer_distance
+from bitfit.report.groups import select
+from bitfit.report.runs import collect
 from bitfit.tasks import get_task
 from conftest import REPO, make_tiny_model_dir
 from test_cli import make_glue_dir, run_cli
@@ -67,15 +72,15 @@ def test_learning_rate_chosen_by_mean_dev_over_seeds_and_reported_with_std(tmp_p
     fake_run(runs, "full/lr2e-5", lr=2e-5, main=0.72, fine_tune_type="full_ft", epochs=3)
     fake_run(runs, "qi/mrpc", task="mrpc", main=0.80, bias_terms=["intermediate", "query"])
 
-    found, skipped = report.collect([runs])
-    cells, more = report.select(found)
+    found, skipped = collect([runs])
+    cells, more = select(found)
     assert skipped == more == []
     rte = next(c for c in cells if c.key.method == "bitfit" and c.key.task == "rte")
     assert rte.lr == 4e-4 and [r.seed for r in rte.runs] == [0, 1]
     assert rte.main().mean == pytest.approx(0.67) and rte.main().std == pytest.approx(0.0141421, rel=1e-4)
     assert rte.main(1e-3).mean == pytest.approx(0.65) and rte.main(1e-3).n == 3
 
-    out = report.write_report([runs], tmp_path / "out", deltas=False)
+    out = write_report([runs], tmp_path / "out", deltas=False)
     text = out.read_text()
     table = text.split("## minilm, full training sets\n\n", 1)[1].split("\n\n", 1)[0]
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()}
@@ -101,21 +106,25 @@ def test_methods_in_the_papers_order_bias_subsets_by_size(tmp_path):
                                ("rand", {"fine_tune_type": "rand_uniform"}, 0.09)]:
         res = fake_run(runs, name, **cfg) / "results.json"
         res.write_text(json.dumps(json.loads(res.read_text()) | {"trainable_percent": percent}))
-    text = report.write_report([runs], tmp_path / "out", deltas=False).read_text()
+    text = write_report([runs], tmp_path / "out", deltas=False).read_text()
     table = text.split("## minilm, full training sets\n\n", 1)[1].split("\n\n", 1)[0]
     assert [line.split(" | ")[0].lstrip("| ") for line in table.splitlines()[2:]] == [
         "full_ft", "bitfit", "bitfit (query, intermediate)", "bitfit (intermediate)", "bitfit (query)",
         "rand_uniform", "frozen"]
 
 
-def test_skipped_runs_are_listed_with_their_reason_and_never_mixed(tmp_path):
+def test_skipped_runs_are_listed_with_their_reason_and_never_mixed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     runs = tmp_path / "runs"
     fake_run(runs, "ok0", seed=0, main=0.60)
     fake_run(runs, "ok1", seed=1, main=0.62)
     fake_run(runs, "old_no_status", seed=2, main=0.64, status=None)  # before results.json had a status: complete
     fake_run(runs, "more_epochs", seed=3, main=0.99, epochs=5)
     fake_run(runs, "ok0_copy", seed=0, main=0.10)  # same lr and seed as ok0
-    fake_run(runs, "stopped", seed=4, status="interrupted")
+    stopped = fake_run(runs, "stopped", seed=4, status="interrupted") / "checkpoint"  # Ctrl-C after epoch 2
+    stopped.mkdir()
+    (stopped / "state.json").write_text(json.dumps({"epoch": 2}))
+    fake_run(runs, "stopped_unsaved", seed=9, status="interrupted")  # no checkpoint: nothing to resume from
     fake_run(runs, "nan", seed=5, status="diverged")
     fake_run(runs, "running", seed=6, results=False)
     ckpt = fake_run(runs, "killed", seed=7, results=False) / "checkpoint"
@@ -126,33 +135,38 @@ def test_skipped_runs_are_listed_with_their_reason_and_never_mixed(tmp_path):
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "bert"}))
 
-    readme = report.write_report([runs], tmp_path / "out", deltas=False)
+    readme = write_report([runs], tmp_path / "out", deltas=False)
     reasons = skipped_reasons(readme)
-    base = runs.as_posix()
-    assert set(reasons) == {f"{base}/{n}" for n in ("more_epochs", "ok0_copy", "stopped", "nan", "running", "killed", "garbled")}
+    base = "runs"  # relative to the working directory, as the report names every folder
+    assert set(reasons) == {f"{base}/{n}" for n in ("more_epochs", "ok0_copy", "stopped", "stopped_unsaved", "nan",
+                                                    "running", "killed", "garbled")}
     assert reasons[f"{base}/more_epochs"].startswith("different settings: epochs=5, where the other")
     assert "epochs=2; not mixed" in reasons[f"{base}/more_epochs"]
     assert reasons[f"{base}/ok0_copy"] == ("duplicate: same method, task, model, training size, learning rate and "
                                            f"seed as {base}/ok0")
     assert reasons[f"{base}/stopped"].startswith("incomplete: interrupted after epoch 2 of 2")
+    assert "--resume" in reasons[f"{base}/stopped"]
+    assert reasons[f"{base}/stopped_unsaved"].startswith("failed: ") and "--overwrite" in reasons[f"{base}/stopped_unsaved"]
     assert reasons[f"{base}/nan"].startswith("failed: diverged")
-    assert "2 of 2 epochs in metrics.jsonl" in reasons[f"{base}/running"]
-    assert "checkpoint after epoch 1 of 2" in reasons[f"{base}/killed"] and "--resume" in reasons[f"{base}/killed"]
-    assert reasons[f"{base}/garbled"].startswith("failed: unreadable results.json")
+    assert reasons[f"{base}/running"].startswith("incomplete: no results.json, 2 of 2 epochs in metrics.jsonl")
+    assert reasons[f"{base}/killed"].startswith("incomplete: interrupted after epoch 1 of 2")
+    assert "--resume" in reasons[f"{base}/killed"]
+    assert reasons[f"{base}/garbled"].startswith("failed: results.json is unreadable")
     assert "| 62.0 ± 2.0 |" in readme.read_text()  # ok0, ok1, old_no_status; the 0.99 and 0.10 runs left out
     assert "\n\nSeeds per cell: 3.\n" in readme.read_text()  # every cell has them all: no cell says its count
 
 
-def test_a_one_off_option_run_does_not_replace_the_main_run_on_a_tie(tmp_path):
+def test_a_one_off_option_run_does_not_replace_the_main_run_on_a_tie(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     runs = tmp_path / "runs"
     fake_run(runs, "rte_bitfit", main=0.48)
     fake_run(runs, "rte_bitfit_attn0", main=0.55, attention_dropout=0.0)  # one run each: a tie in its group
     fake_run(runs, "stsb_bitfit", task="stsb", main=0.85)  # the rest of the tree runs the default
     fake_run(runs, "rte_full_ft", main=0.58, fine_tune_type="full_ft")
-    cells, skipped = report.select(report.collect([runs])[0])
+    cells, skipped = select(collect([runs])[0])
     rte = next(c for c in cells if c.key.method == "bitfit" and c.key.task == "rte")
-    assert [r.label for r in rte.runs] == [f"{runs.as_posix()}/rte_bitfit"]
-    assert [s.label for s in skipped] == [f"{runs.as_posix()}/rte_bitfit_attn0"]
+    assert [r.label for r in rte.runs] == ["runs/rte_bitfit"]
+    assert [s.label for s in skipped] == ["runs/rte_bitfit_attn0"]
     assert "different settings: attention_dropout=0.0" in skipped[0].reason
 
 
@@ -163,7 +177,7 @@ def test_data_size_curve_and_one_table_per_training_size(tmp_path):
         fake_run(runs, f"bitfit_{n}", main=bitfit, train_size=n or 2490, **size)
         fake_run(runs, f"full_{n}", main=full, train_size=n or 2490, fine_tune_type="full_ft", **size)
     fake_run(runs, "frozen", main=0.5, fine_tune_type="frozen")  # one size only: no line of its own
-    text = report.write_report([runs], tmp_path / "out", deltas=False).read_text()
+    text = write_report([runs], tmp_path / "out", deltas=False).read_text()
     titles = re.findall(r"^## (.+)$", text, re.M)
     assert titles[:3] == ["minilm, full training sets", "minilm, first 100 training examples",
                           "minilm, first 1,000 training examples"]
@@ -178,15 +192,44 @@ def test_output_folder_is_not_overwritten_unless_asked(tmp_path):
     runs = tmp_path / "runs"
     fake_run(runs, "a")
     out = tmp_path / "out"
-    report.write_report([runs], out, deltas=False)
+    write_report([runs], out, deltas=False)
     stale = out / "figures" / "curves_old.png"
     stale.write_bytes(b"x")
-    with pytest.raises(report.UserError, match="not empty"):
-        report.write_report([runs], out, deltas=False)
-    report.write_report([runs], out, overwrite=True, deltas=False)
+    with pytest.raises(UserError, match="not empty"):
+        write_report([runs], out, deltas=False)
+    write_report([runs], out, overwrite=True, deltas=False)
     assert not stale.exists() and (out / "README.md").is_file()
-    with pytest.raises(report.UserError, match="no run folder"):
-        report.write_report([tmp_path / "out" / "figures"], tmp_path / "out2")
+    with pytest.raises(UserError, match="no run folder"):
+        write_report([tmp_path / "out" / "figures"], tmp_path / "out2")
+
+
+def test_no_absolute_path_in_the_report_made_from_absolute_roots_elsewhere(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"  # absolute, as are the output folder and a local model folder
+    model = tmp_path / "models" / "tiny"
+    model.mkdir(parents=True)
+    for seed in (0, 1):
+        fake_run(runs, f"bitfit_s{seed}", seed=seed, model_name=str(model))
+    fake_run(runs, "bitfit_s0_copy", seed=0, model_name=str(model))  # a duplicate: names the run it repeats
+    fake_run(runs, "bitfit_e5", seed=2, epochs=5, model_name=str(model))  # names the group it differs from
+    fake_run(runs, "full/size100", fine_tune_type="full_ft", max_train_samples=100, train_size=100)
+    fake_run(runs, "full/all", fine_tune_type="full_ft", train_size=2490)
+    fake_run(runs, "running", seed=3, results=False)
+    elsewhere = tmp_path / "work" / "here"
+    elsewhere.mkdir(parents=True)
+    monkeypatch.chdir(elsewhere)
+
+    readme = write_report([runs], tmp_path / "out")  # with deltas: the runs have none, so notes name the folders
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.suffix != ".png"]
+    assert sorted(p.name for p in written) == ["README.md", "grid.md"]
+    for path in written:
+        text = path.read_text(encoding="utf-8")
+        assert str(tmp_path) not in text and tmp_path.as_posix() not in text
+        assert not re.search(r"(?<![\w.~<])/\w", text), (path.name, re.search(r".{40}(?<![\w.~<])/\w.{40}", text))
+    text = readme.read_text()
+    assert "under `../../runs`" in text and "## ../../models/tiny, full training sets" in text
+    assert "| ../../runs/bitfit_s0_copy | duplicate: " in text and "as ../../runs/bitfit_s0 |" in text
+    assert "not drawn from ../../runs/bitfit_s0: delta '../../runs/bitfit_s0' not found" in text
+    assert "../../runs/bitfit_s0<br>../../runs/bitfit_s1" in (tmp_path / "out" / "grid.md").read_text()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,8 +275,10 @@ def test_bias_change_is_mean_abs_difference_from_the_pretrained_bias(trained, ba
 
     base = _base_weights(base_dir)
     delta = read(trained / "bitfit").tensors
-    change = report.bias_change(read(trained / "bitfit"), report.Bases())
-    assert set(change) == {(role, layer) for role in report.ROLE_LABEL for layer in (0, 1)}
+    change = bias_change(read(trained / "bitfit"), BaseModels())
+    in_layers = ("query", "key", "value", "attention_output", "intermediate", "output", "attention_layernorm",
+                 "output_layernorm")  # the embeddings LayerNorm lies outside the layers
+    assert set(change) == {(role, layer) for role in in_layers for layer in (0, 1)}
     for (role, layer), name in {("query", 0): "attention.self.query", ("intermediate", 1): "intermediate.dense",
                                 ("attention_output", 1): "attention.output.dense",
                                 ("output_layernorm", 0): "output.LayerNorm"}.items():
@@ -241,7 +286,7 @@ def test_bias_change_is_mean_abs_difference_from_the_pretrained_bias(trained, ba
         assert change[(role, layer)] == pytest.approx(float((delta[key] - base[key]).abs().mean()), rel=1e-6)
         assert change[(role, layer)] < 0.5 * float(delta[key].abs().mean())  # measured from b_initial, not from 0
 
-    subset = report.bias_change(read(trained / "bitfit_qi"), report.Bases())
+    subset = bias_change(read(trained / "bitfit_qi"), BaseModels())
     assert {role for role, _ in subset} == {"query", "intermediate"} and all(v > 0 for v in subset.values())
 
 
@@ -250,14 +295,14 @@ def test_full_ft_distance_per_layer_and_the_report_draws_both_figures(trained, b
 
     base = _base_weights(base_dir)
     delta = read(trained / "full_ft").tensors
-    dist = report.layer_distance(read(trained / "full_ft"), report.Bases())
+    dist = layer_distance(read(trained / "full_ft"), BaseModels())
     assert list(dist) == ["embeddings", "0", "1", "pooler"]
     names = [k for k in base if k.startswith("bert.encoder.layer.1.")]
     diff = sum(float(((delta[k] - base[k]) ** 2).sum()) for k in names) ** 0.5
     norm = sum(float((base[k] ** 2).sum()) for k in names) ** 0.5
     assert dist["1"] == pytest.approx((diff / norm, diff), rel=1e-6) and diff > 0
 
-    readme = report.write_report([trained], tmp_path / "out")
+    readme = write_report([trained], tmp_path / "out")
     text = readme.read_text()
     figures = {p.name for p in (tmp_path / "out" / "figures").iterdir()}
     slug = f"{base_dir.name}_full_rte"
@@ -272,13 +317,13 @@ def test_bias_change_refuses_a_base_other_than_the_one_trained_on(trained, base_
 
     d = read(trained / "bitfit")
     d.meta["fingerprint"] = "sha256:" + "0" * 64
-    with pytest.raises(report.UserError, match="other weights than the run was trained on"):
-        report.bias_change(d, report.Bases())
+    with pytest.raises(UserError, match="other weights than the run was trained on"):
+        bias_change(d, BaseModels())
 
 
 def test_python_m_bitfit_report(trained, tmp_path):
     env = os.environ | {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "bitfit.report", str(trained), "-o", str(tmp_path / "out"), "--no-deltas", "--no-verbose"]
+    cmd = [sys.executable, "-m", "bitfit", "report", str(trained), "-o", str(tmp_path / "out"), "--no-deltas", "--no-verbose"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(tmp_path / "out" / "README.md")
@@ -291,7 +336,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     for argv, message in (([str(tmp_path / "runs"), "-o", str(tmp_path / "out")], "pass --overwrite"),
                           ([str(tmp_path / "nowhere"), "-o", str(tmp_path / "o2")], "does not exist"),
                           ([str(tmp_path / "runs")], "required: --output/-o")):
-        assert report.main(argv) == 2
+        assert bitfit_main(["report", *argv]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err and err.startswith("python -m bitfit report: error: ")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"] and not (tmp_path / "o2").exists()
@@ -327,7 +372,7 @@ def test_table2_dry_run_skips_complete_resumes_checkpoints_and_spreads_over_gpus
     fake_run(cell / "rte" / "bitfit", "lr1e-3_seed0", status=None)  # complete, written before "status"
     fake_run(cell / "stsb" / "full_ft", "lr2e-5_seed1", task="stsb", status="diverged")
     (fake_run(cell / "rte" / "full_ft", "lr2e-5_seed1", results=False) / "checkpoint").mkdir()
-    (cell / "rte" / "full_ft" / "lr2e-5_seed1" / "checkpoint" / "state.json").write_text("{}")
+    (cell / "rte" / "full_ft" / "lr2e-5_seed1" / "checkpoint" / "state.json").write_text('{"epoch": 1}')
     fake_run(cell / "stsb" / "bitfit", "lr1e-3_seed0", task="stsb", status="interrupted")  # no checkpoint
     before = sorted(p for p in tmp_path.rglob("*"))
 
@@ -348,7 +393,7 @@ def test_table2_dry_run_skips_complete_resumes_checkpoints_and_spreads_over_gpus
     assert "--resume" in by_folder[str(cell / "rte" / "full_ft" / "lr2e-5_seed1")][1]
     assert "--overwrite" in by_folder[str(cell / "stsb" / "bitfit" / "lr1e-3_seed0")][1]
     assert sum("--resume" in a or "--overwrite" in a for _, a in by_folder.values()) == 2
-    assert re.search(r"^\[report\] python -m bitfit.report .* -o \S+/reports/table2 --overwrite", proc.stdout, re.M)
+    assert re.search(r"^\[report\] python -m bitfit report .* -o \S+/reports/table2 --overwrite", proc.stdout, re.M)
 
 
 def test_other_scripts_dry_run_their_grids(tmp_path):
@@ -389,12 +434,15 @@ def test_other_scripts_dry_run_their_grids(tmp_path):
     assert usage.returncode == 2 and "usage:" in usage.stderr
 
 
-FAKE_PYTHON = """#!/usr/bin/env bash
-# stands in for python: records the call; "trains" by writing results.json, failing for STS-B
+FAKE_PYTHON = f"""#!/usr/bin/env bash
+# stands in for python: records the call; "trains" by writing config.json and results.json, failing for
+# STS-B; "python -m bitfit ..." (the run-state reader) goes to the real interpreter
+[[ $1 == -m ]] && exec {sys.executable} "$@"
 echo "$@" >> "$CALLS"
 while [[ $# -gt 0 ]]; do case $1 in -o) out=$2; shift;; -t) task=$2; shift;; esac; shift; done
-[[ $task == stsb ]] && { echo "simulated failure" >&2; exit 3; }
-mkdir -p "$out" && echo '{"status": "complete"}' > "$out/results.json"
+[[ $task == stsb ]] && {{ echo "simulated failure" >&2; exit 3; }}
+mkdir -p "$out" && echo '{{"config": {{"task_name": "rte"}}}}' > "$out/config.json"
+echo '{{"status": "complete", "best_epoch": 1, "best_main_metric": 0.5}}' > "$out/results.json"
 """
 
 
@@ -428,7 +476,7 @@ def test_scripts_run_the_queue_log_each_run_and_skip_what_is_done(tmp_path):
 
 def test_cpu_workers_pass_cpu_and_share_the_cores(tmp_path):
     fake = tmp_path / "fake_python"
-    fake.write_text('#!/usr/bin/env bash\necho "threads=$OMP_NUM_THREADS $*" >> "$CALLS"\n'
+    fake.write_text(f'#!/usr/bin/env bash\n[[ $1 == -m ]] && exec {sys.executable} "$@"\necho "threads=$OMP_NUM_THREADS $*" >> "$CALLS"\n'
                     'while [[ $# -gt 0 ]]; do [[ $1 == -o ]] && out=$2; shift; done\n'
                     'mkdir -p "$out" && echo \'{"status": "complete"}\' > "$out/results.json"\n')
     fake.chmod(0o755)

@@ -18,7 +18,8 @@ from bitfit.errors import UserError
 from bitfit.models import load_model
 from bitfit.serve import Backbone, parse_inputs
 from bitfit.tasks import get_task
-from bitfit.train import collator, run
+from bitfit import run
+from bitfit.data import collator
 from conftest import GLUE_DIR, make_tiny_model_dir, needs_glue
 from test_cli import make_glue_dir, run_cli
 from test_delta import synthetic_delta

@@ -35,7 +35,7 @@ def fake_run(root: Path, task_name: str, rows: int = ROWS, status: str = "comple
     task = get_task(task_name)
     run = root / task.name
     run.mkdir(parents=True)
-    (run / "results.json").write_text(json.dumps({"status": status, "task": task.name, "best_epoch": 1}))
+    (run / "results.json").write_text(json.dumps({"status": status, "task": task.name, "best_epoch": 1, "best_main_metric": 0.5}))
     (run / "config.json").write_text(json.dumps({"config": {"task_name": task.name, "max_predict_samples": None} | config}))
     for i, split in enumerate(task.test_splits):
         label = lambda j: f"{(j * 0.7) % 5:.3f}" if task.is_regression else task.labels[(i + j) % len(task.labels)]  # noqa: E731
@@ -104,8 +104,8 @@ def test_the_runs_own_data_dir_is_used_when_none_is_given(tmp_path, test_dir):
     (lambda run: (run / "config.json").write_text(json.dumps({"config": {"max_predict_samples": 6}})),
      "predicted only the first 6 test rows"),
     (lambda run: (run / "results.json").write_text(json.dumps({"status": "interrupted", "task": "rte"})),
-     "did not finish"),
-    (lambda run: (run / "results.json").unlink(), "not a finished run"),
+     "is not complete (no checkpoint to resume from"),
+    (lambda run: (run / "results.json").unlink(), "is not complete (no checkpoint to resume from"),
     (lambda run: (run / "RTE.tsv").unlink(), "has no RTE.tsv: train it with --predict-test"),
     (lambda run: (run / "RTE.tsv").write_text("id\tlabel\n" + "0\tentailment\n" * ROWS), "first line is 'id\\tlabel'"),
     (lambda run: (run / "RTE.tsv").write_text("index\tprediction\n" + "".join(f"{i}\t1\n" for i in range(ROWS))),

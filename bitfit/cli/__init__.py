@@ -48,7 +48,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "%(default)" in text or "(default" in text or action.default in (None, False, argparse.SUPPRESS):
+        if "%(default)" in text or "(default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
             return text
         if action.required or isinstance(action, argparse._StoreTrueAction):
             return text

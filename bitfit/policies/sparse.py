@@ -1,4 +1,4 @@
-"""Learned binary masks over frozen pretrained weights: the ``sparse_mask`` fine-tune type.
+"""Learned binary masks over frozen pretrained weights: the ``sparse_mask`` method.
 
 Fine-tuning by *removing* pretrained entries rather than changing them ("How fine can fine-tuning
 be?", Radiya-Dixit & Wang 2020): every chosen weight ``W`` is replaced, through
@@ -24,9 +24,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
+
+from ..errors import UserError
+from .anatomy import in_scope, linear_weights
+from .selection import Selection, with_head
 
 SCORE_INIT = 1.0
 
@@ -126,15 +131,21 @@ def bake(model: nn.Module) -> None:
 
 def pack_bits(mask: Tensor) -> Tensor:
     """Bool tensor -> uint8, eight entries a byte, first entry in the high bit (``np.packbits``)."""
-    flat = mask.detach().flatten().to("cpu", torch.uint8)
-    flat = torch.cat([flat, flat.new_zeros(-flat.numel() % 8)])
-    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
-    return (flat.view(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)
+    return torch.from_numpy(np.packbits(mask.detach().flatten().to("cpu").numpy()))
 
 
 def unpack_bits(packed: Tensor, shape: tuple[int, ...] | list[int]) -> Tensor:
-    """Inverse of ``pack_bits``."""
+    """Inverse of ``pack_bits``; refuses too few bits for ``shape``."""
     numel = math.prod(shape)
-    shifts = torch.arange(7, -1, -1, dtype=torch.uint8)
-    bits = (packed.to(torch.uint8).view(-1, 1) >> shifts) & 1
-    return bits.flatten()[:numel].bool().view(*shape)
+    if packed.numel() * 8 < numel:
+        raise UserError(f"mask bits hold {packed.numel() * 8} entries; accepted: at least {numel} for shape {tuple(shape)}")
+    bits = np.unpackbits(packed.to("cpu", torch.uint8).numpy(), count=numel)
+    return torch.from_numpy(bits).bool().view(*shape)
+
+
+def sparse_mask(model, cfg, scope):
+    """The ``sparse_mask`` selector: learn masks over the encoder's Linear weights in scope."""
+    masked = in_scope(model, linear_weights(model), scope)
+    return Selection("sparse_mask", with_head(model, []), masked=masked, mask_sparsity=float(cfg.mask_sparsity),
+                     notes=[f"sparse_mask: learning binary masks over {len(masked)} weight matrices, "
+                            f"target sparsity {cfg.mask_sparsity:g} per matrix (top-k of scores)"])

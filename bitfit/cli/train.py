@@ -1,0 +1,27 @@
+"""``python run_glue.py`` = ``python -m bitfit train``: flags -> RunConfig -> ``bitfit.run``.
+
+    python run_glue.py -t rte -f bitfit -o runs/rte --data-dir ../shared/glue_data -e 3
+    python run_glue.py -t cola -f bitfit --bias-terms query intermediate -o runs/cola -l 1e-3
+
+Every flag is generated from ``bitfit.config.RunConfig``'s declarations.
+"""
+
+from __future__ import annotations
+
+from ..config import RunConfig
+from .args import add_dataclass_flags
+
+DESCRIPTION = "Fine-tune a Hugging Face encoder on a GLUE task under a parameter-freezing method."
+
+
+def build_parser(p):
+    add_dataclass_flags(p, RunConfig, required=("output_path", "task_name"))
+    return p
+
+
+def cli(args) -> int:
+    cfg = RunConfig(**vars(args))
+    from ..training import run  # imports torch: only once the flags are known good
+
+    run(cfg)
+    return 0

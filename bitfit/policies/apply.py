@@ -1,0 +1,71 @@
+"""Applying a choice: the one place that makes a model train exactly what a Selection says.
+
+    sel = select(model, cfg)
+    guard = apply(model, sel)     # requires_grad, gradient masks for partly trained tensors, mask parametrizations
+    ... optimizer.step(); guard.after_step()
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import sparse
+from .selection import Selection
+
+
+class Guard:
+    """Returned by ``apply``; the training loop calls ``after_step()`` after every optimizer step.
+
+    For partly trainable tensors it masks gradients (so clipping and Adam only see trainable
+    entries) and, after each step, copies back the frozen entries exactly (weight decay, or
+    Adam's L2 term, would otherwise move them).
+    """
+
+    def __init__(self):
+        self._partial: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]] = []  # (param, mask, frozen copy)
+        self._hooks = []
+
+    def _add(self, param: nn.Parameter, mask: torch.Tensor) -> None:
+        mask = mask.to(param.device)
+        entry = [param, mask, param.detach().clone()]
+        self._partial.append(entry)
+
+        def hook(grad, entry=entry):
+            if entry[1].device != grad.device:
+                entry[1] = entry[1].to(grad.device)
+            return grad * entry[1]
+
+        self._hooks.append(param.register_hook(hook))
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        for entry in self._partial:
+            param, mask, frozen = entry
+            if mask.device != param.device:  # the model moved after apply
+                entry[1], entry[2] = mask.to(param.device), frozen.to(param.device)
+                mask, frozen = entry[1], entry[2]
+            param.copy_(torch.where(mask, param, frozen))
+
+    def remove(self) -> None:
+        """Remove the gradient hooks (parametrizations, if any, stay)."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+
+
+def apply(model: nn.Module, sel: Selection) -> Guard:
+    """Make ``model`` train exactly what ``sel`` chose; returns the Guard the loop must call."""
+    params = dict(model.named_parameters())
+    unknown = [n for n in list(sel.trainable) + sel.masked if n not in params]
+    if unknown:
+        raise ValueError(f"selection names parameters this model does not have: {', '.join(unknown[:5])}")
+    guard = Guard()
+    for name, p in params.items():
+        p.requires_grad_(name in sel.trainable)
+        mask = sel.trainable.get(name)
+        if mask is not None:
+            guard._add(p, mask)
+    if sel.masked:
+        sparse.attach(model, sel.masked, sel.mask_sparsity)
+    return guard

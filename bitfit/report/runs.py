@@ -1,0 +1,190 @@
+"""Reading run folders: which folders under the roots hold runs, and which runs the report can use.
+
+    from bitfit.report.runs import collect
+    runs, skipped = collect(["runs/"])          # complete runs; every other run folder with the reason
+    runs[0].label, runs[0].method, runs[0].main  # ("runs/rte/bitfit/lr1e-3_seed0", "bitfit", 0.71)
+
+A folder is a run folder when it holds ``results.json``, ``metrics.jsonl`` or a run's ``config.json``;
+nothing inside a run folder is searched. Whether a run is complete is ``bitfit.runstate.read_state``'s
+call; this module only words the reason a run is left out: ``incomplete: ...`` (it may still finish,
+or be resumed) or ``failed: ...``. Folders are named relative to the current working directory
+(``../...`` for a root outside it), never by an absolute path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import RunConfig
+from ..errors import UserError
+from ..methods import method_label
+from ..runstate import BROKEN, COMPLETE, INTERRUPTED, RunState, read_state
+from ..tasks import GlueTask, get_task
+
+# Settings that do not change what a run measures, or that the group key already holds.
+NOT_COMPARED = {"output_path", "seed", "learning_rate", "gpu_device", "cpu", "overwrite", "resume", "verbose",
+                "data_dir", "eval_batch_size", "keep_checkpoint", "save_evaluator", "predict_test",
+                "max_predict_samples", "trust_remote_code", "eval_train",
+                "task_name", "model_name", "fine_tune_type", "bias_terms", "layers", "rand_budget", "mask_sparsity",
+                "max_train_samples", "fast_cpu_ops", "compile", "gradient_checkpointing"}
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}  # for the fields an older run lacks
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` as the report names it: relative to the current working directory (never absolute)."""
+    return Path(os.path.relpath(path)).as_posix()
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    """What runs must share to be averaged over seeds and compared over learning rates."""
+
+    model: str
+    max_train_samples: int | None
+    task: str
+    method: str
+
+
+@dataclass
+class Run:
+    """One complete run folder, read."""
+
+    path: Path  # relative to the current working directory
+    label: str  # the folder as the report names it (``shown_path``)
+    cfg: dict  # RunConfig fields; fields an older run lacks get today's defaults
+    results: dict
+    history: list[dict]  # metrics.jsonl's rows
+    num_processes: int = 1
+
+    @property
+    def task(self) -> GlueTask:
+        return get_task(self.cfg["task_name"])
+
+    @property
+    def lr(self) -> float:
+        return float(self.cfg["learning_rate"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.cfg["seed"])
+
+    @property
+    def method(self) -> str:
+        return method_label(self.cfg)
+
+    @property
+    def key(self) -> GroupKey:
+        return GroupKey(self.cfg["model_name"], self.cfg.get("max_train_samples"), self.task.name, self.method)
+
+    @property
+    def settings(self) -> dict:
+        """What must agree between runs that are averaged or compared: epochs, batch size, ..."""
+        s = {k: v for k, v in self.cfg.items() if k not in NOT_COMPARED}
+        return s | {"num_processes": self.num_processes}
+
+    def metric(self, split: str, metric: str) -> float | None:
+        value = self.results.get("best_metrics", {}).get(split, {}).get(metric)
+        return None if value is None else float(value)
+
+    @property
+    def main(self) -> float:
+        """The dev main metric at the best epoch."""
+        value = self.metric(self.task.main_dev_split, self.task.main_metric)
+        return float(self.results["best_main_metric"]) if value is None else value
+
+    def train_size(self) -> int | None:
+        """Training examples per epoch (what ``--max-train-samples`` left, or the whole set)."""
+        seen, epochs = self.results.get("train_samples"), self.results.get("completed_epochs")
+        if seen and epochs:
+            return round(seen / epochs)
+        return self.cfg.get("max_train_samples")
+
+
+@dataclass
+class Skipped:
+    """A run folder the report leaves out, and why."""
+
+    label: str
+    reason: str
+
+
+def _is_run_folder(path: Path) -> bool:
+    if (path / "results.json").is_file() or (path / "metrics.jsonl").is_file():
+        return True
+    return read_state(path).config is not None  # a Hugging Face model folder has a config.json too
+
+
+def find_run_folders(roots: list[Path], exclude: Path | None = None) -> list[Path]:
+    """Every run folder under ``roots``, relative to the current working directory; run folders are not searched."""
+    found = []
+    for root in roots:
+        if not root.is_dir():
+            raise UserError(f"runs folder {str(root)!r} does not exist; accepted: folders holding run folders")
+        stack = [Path(shown_path(root))]
+        while stack:
+            folder = stack.pop()
+            if exclude is not None and folder.resolve() == exclude:
+                continue
+            if _is_run_folder(folder):
+                found.append(folder)
+                continue
+            stack += sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), reverse=True)
+    return found
+
+
+def _read_history(folder: Path) -> list[dict]:
+    try:
+        text = (folder / "metrics.jsonl").read_text(encoding="utf-8")
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []  # the tables need results.json only; the learning curve says it has no points
+
+
+def skip_reason(state: RunState) -> str:
+    """The report's words for a run it cannot use, from ``read_state``'s verdict."""
+    if state.status == INTERRUPTED:
+        return f"incomplete: {state.reason}"
+    if state.status == BROKEN and state.config is not None and not (state.path / "results.json").exists():
+        done = max((row.get("epoch", 0) for row in _read_history(state.path)), default=0)
+        of = f" of {state.config['epochs']}" if state.config.get("epochs") else ""
+        return f"incomplete: no results.json, {done}{of} epochs in metrics.jsonl; {state.reason}"
+    return f"failed: {state.reason}"
+
+
+def read_run(folder: Path, label: str) -> Run | Skipped:
+    """A complete run, or why the report cannot use it."""
+    state = read_state(folder)
+    if state.status != COMPLETE:
+        return Skipped(label, skip_reason(state))
+    cfg = _DEFAULTS | state.config
+    try:
+        get_task(cfg["task_name"])
+    except UserError as e:
+        return Skipped(label, f"unknown task: {e}")
+    run = Run(folder, label, cfg, state.results, _read_history(folder), int(state.saved.get("num_processes") or 1))
+    try:
+        main = run.main
+    except (KeyError, TypeError, ValueError):
+        main = None
+    if main is None or not math.isfinite(main):
+        return Skipped(label, "failed: results.json has no finite dev main metric")
+    return run
+
+
+def collect(roots: list[str | os.PathLike], exclude: str | os.PathLike | None = None) -> tuple[list[Run], list[Skipped]]:
+    """Read every run folder under ``roots``: (complete runs, skipped folders with reasons)."""
+    ex = Path(exclude).resolve() if exclude is not None else None
+    folders = find_run_folders([Path(r) for r in roots], ex)
+    if not folders:
+        raise UserError(f"no run folder under {', '.join(map(str, roots))}; accepted: folders holding "
+                        "run folders (each with config.json, metrics.jsonl, results.json)")
+    runs, skipped = [], []
+    for folder in folders:
+        got = read_run(folder, folder.as_posix())
+        (skipped if isinstance(got, Skipped) else runs).append(got)
+    return runs, skipped

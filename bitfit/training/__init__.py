@@ -1,0 +1,11 @@
+"""Training: ``run(cfg)`` fine-tunes one model on one task and writes its run folder.
+
+    setup.py     prepare(cfg): data, model, method, device, all checked before anything is written
+    loop.py      run(cfg): start, one epoch, evaluate, end of epoch, finish
+    evaluate.py  predictions and loss over a split, across processes
+    optim.py     the optimizer and the learning-rate schedule
+"""
+
+from .loop import run
+
+__all__ = ["run"]

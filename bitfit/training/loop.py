@@ -1,0 +1,305 @@
+"""The training loop, top to bottom: start, one epoch, evaluate, end of epoch, finish.
+
+    from bitfit import RunConfig, run
+    results = run(RunConfig(output_path="runs/rte", task_name="rte", data_dir="../shared/glue_data",
+                            fine_tune_type="bitfit", epochs=3))
+
+The run's moving parts live in one object, ``Training``; its progress (epoch, step, history, best
+epoch, what the checkpoint saves) in ``checkpoint.TrainState``. Everything that can be wrong with
+the input is checked (``setup.prepare``) before the run folder is touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import checkpoint, delta, fastops, io, policies
+from ..config import RunConfig
+from ..data import EpochBatches, collator
+from ..devices import peak_memory_mb
+from ..errors import RunStopped
+from ..logs import setup_logging
+from ..metrics import compute_metrics
+from ..plots import plot_learning_curves
+from ..submit import write_submission
+from .evaluate import predict
+from .optim import make_optimizer, make_scheduler
+from .setup import Setup, open_run_folder, prepare
+
+log = logging.getLogger("bitfit")
+
+
+@dataclass
+class Training:
+    """One run in progress: its set-up, the prepared model, loaders, optimizer and schedule, its state."""
+
+    su: Setup
+    model: torch.nn.Module
+    guard: policies.Guard
+    params: list[torch.nn.Parameter]  # the trainable tensors, in the optimizer's order
+    named: dict[str, torch.nn.Parameter]  # every parameter of the unwrapped model, by name
+    counts: dict[str, int]
+    sampler: EpochBatches
+    train_dl: object
+    eval_dls: dict
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    started: float
+    st: checkpoint.TrainState = field(default_factory=checkpoint.TrainState)
+
+    @property
+    def cfg(self) -> RunConfig:
+        return self.su.cfg
+
+    @property
+    def accelerator(self):
+        return self.su.accelerator
+
+
+def run(cfg: RunConfig) -> dict:
+    """Fine-tune, evaluate every epoch, write the run folder; returns results.json's content.
+
+    Raises ``RunStopped`` (after writing results.json with status "interrupted" or "diverged" and
+    keeping the last complete epoch's checkpoint) on SIGINT/SIGTERM or a non-finite loss.
+    """
+    setup_logging(cfg.verbose)
+    tr = start(prepare(cfg), started=time.time())
+    tr.model.train()
+    with checkpoint.Interrupt() as interrupt:
+        for epoch in range(tr.st.epoch + 1, cfg.epochs + 1):
+            loss_sum, seen, seconds = epoch_totals(tr, *train_epoch(tr, epoch, interrupt))
+            rows = evaluate(tr, epoch, loss_sum, seen, seconds)
+            end_epoch(tr, epoch, rows, seen, seconds)
+    return finish(tr)
+
+
+def start(su: Setup, started: float) -> Training:
+    """Apply the method, log what trains, open the run folder, build loaders, optimizer, schedule; resume."""
+    cfg, accelerator, model = su.cfg, su.accelerator, su.model
+    guard = policies.apply(model, su.selection)
+    params = [p for p in model.parameters() if p.requires_grad]
+    counts = policies.trainable_counts(model, su.selection)
+    _speed_options(cfg, model, accelerator)
+    if accelerator.is_main_process:
+        log.info("fine-tune type %s on %s (%s)\n%s", cfg.fine_tune_type, su.task.glue_name, cfg.model_name,
+                 policies.trainable_table(model, su.selection))
+        for note in su.selection.notes:
+            log.info(note)
+    open_run_folder(su)
+    collate = collator(su.tokenizer)
+    train = su.encoded["train"]
+    sampler = EpochBatches(len(train), cfg.batch_size, cfg.seed, lengths=train.lengths() if cfg.group_by_length else None)
+    train_dl = torch.utils.data.DataLoader(train, batch_sampler=sampler, collate_fn=collate)
+    eval_names = [s.name for s in su.task.dev_splits] + (["train"] if cfg.eval_train else [])
+    eval_dls = {n: _eval_loader(su, n) for n in eval_names}
+    optimizer = make_optimizer(cfg, params)
+    model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
+    if cfg.compile:
+        model = torch.compile(model, dynamic=True)  # dynamic: batches are padded to varying lengths
+    steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum)
+    scheduler = make_scheduler(cfg, optimizer, steps_per_epoch * cfg.epochs)
+    named = dict(accelerator.unwrap_model(model).named_parameters())
+    tr = Training(su, model, guard, params, named, counts, sampler, train_dl, eval_dls, optimizer, scheduler, started)
+    if cfg.resume:
+        _resume(tr)
+    return tr
+
+
+def _speed_options(cfg: RunConfig, model, accelerator) -> None:
+    if cfg.fast_cpu_ops and accelerator.device.type == "cpu" and not cfg.compile:
+        switched = fastops.install(model)
+        log.info("fast CPU ops: %d dropout modules%s", switched["dropout"],
+                 " and the attention" if switched["attention"] else "")
+    if cfg.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _eval_loader(su: Setup, split: str):
+    loader = torch.utils.data.DataLoader(su.encoded[split], batch_size=su.cfg.eval_batch_size,
+                                         collate_fn=collator(su.tokenizer))
+    return su.accelerator.prepare(loader)
+
+
+def _resume(tr: Training) -> None:
+    """Continue after the checkpoint's epoch: tensors, optimizer and schedule state, RNG states."""
+    tr.st = checkpoint.load(tr.su.out)
+    with torch.no_grad():
+        for n, t in tr.st.params.items():
+            tr.named[n].copy_(t)
+    tr.optimizer.load_state_dict(tr.st.optimizer)
+    tr.scheduler.load_state_dict(tr.st.scheduler)
+    checkpoint.set_rng_state(tr.st.rng)
+    log.info("resuming after epoch %d of %d (step %d)", tr.st.epoch, tr.cfg.epochs, tr.st.global_step)
+
+
+def train_epoch(tr: Training, epoch: int, interrupt: checkpoint.Interrupt) -> tuple[float, int, float]:
+    """One pass over the training set; returns (summed loss, examples seen, seconds) of this process."""
+    # accelerate's loader hands its own epoch counter to the sampler (one process) or none at all
+    # (several, behind BatchSamplerShard): set both, so the order depends on (seed, epoch) alone
+    tr.train_dl.set_epoch(epoch)
+    tr.sampler.set_epoch(epoch)
+    t0 = time.perf_counter()
+    loss_sum, seen = 0.0, 0
+    bar = tqdm(tr.train_dl, desc=f"epoch {epoch}/{tr.cfg.epochs}", leave=False, dynamic_ncols=True, mininterval=1.0,
+               disable=not (tr.cfg.verbose and tr.accelerator.is_main_process))
+    for batch in bar:
+        value = _step(tr, batch, epoch)
+        n = batch["labels"].shape[0]
+        loss_sum += value * n
+        seen += n
+        bar.set_postfix(loss=f"{loss_sum / seen:.4f}",
+                        samples_s=f"{seen * tr.accelerator.num_processes / (time.perf_counter() - t0):.1f}")
+        if interrupt.requested():
+            sig = signal.Signals(interrupt.signum or signal.SIGINT)
+            stop(tr, "interrupted", f"{sig.name} during epoch {epoch}: stopped; epochs 1-{tr.st.epoch} are kept. "
+                 f"Resume with:\n  {checkpoint.resume_command(tr.cfg)}", exit_code=128 + sig.value)
+    return loss_sum, seen, time.perf_counter() - t0
+
+
+def _step(tr: Training, batch: dict, epoch: int) -> float:
+    """Forward, backward and (at the end of an accumulation window) an optimizer step; returns the loss."""
+    accelerator, cfg = tr.accelerator, tr.cfg
+    with accelerator.accumulate(tr.model):
+        loss = tr.model(**batch).loss
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            stop(tr, "diverged", f"non-finite loss ({value}) at epoch {epoch}, step {tr.st.global_step + 1} with "
+                 f"learning rate {tr.scheduler.get_last_lr()[0]:g}; lower --learning-rate", exit_code=1)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(tr.params, cfg.max_grad_norm)
+        tr.optimizer.step()
+        if accelerator.sync_gradients:
+            tr.guard.after_step()
+            tr.scheduler.step()
+            tr.st.global_step += 1
+        tr.optimizer.zero_grad(set_to_none=True)
+    return value
+
+
+def epoch_totals(tr: Training, loss_sum: float, seen: int, seconds: float) -> tuple[float, int, float]:
+    """(summed loss, examples seen, seconds) of the epoch over every process."""
+    accelerator = tr.accelerator
+    if accelerator.num_processes > 1:
+        loss_sum, seen = accelerator.reduce(torch.tensor([loss_sum, seen], dtype=torch.float64,
+                                                         device=accelerator.device), "sum").tolist()
+    return loss_sum, int(seen), seconds
+
+
+def evaluate(tr: Training, epoch: int, loss_sum: float, seen: int, seconds: float) -> list[dict]:
+    """metrics.jsonl rows of this epoch: the train row (loss over every process), then each dev split."""
+    accelerator = tr.accelerator
+    rows = [{"epoch": epoch, "split": "train", "loss": loss_sum / seen, "lr": tr.scheduler.get_last_lr()[0],
+             "seconds": round(seconds, 3)}]
+    task = tr.su.task
+    for name, dl in tr.eval_dls.items():
+        preds, labels, loss = predict(tr.model, dl, accelerator, task)
+        metrics = compute_metrics(task.metrics, preds, labels)
+        if name == "train":
+            rows[0].update(metrics)
+        else:
+            rows.append({"epoch": epoch, "split": name, "loss": loss, **metrics})
+    return rows
+
+
+def end_epoch(tr: Training, epoch: int, rows: list[dict], seen: int, seconds: float) -> None:
+    """Track the best epoch, log the epoch, write metrics.jsonl and the checkpoint."""
+    st, task = tr.st, tr.su.task
+    main = next(r for r in rows if r["split"] == task.main_dev_split)[task.main_metric]
+    improved = st.best is None or main > st.best["main"]
+    trainable_now = {n: p.detach().to("cpu", copy=True) for n, p in tr.named.items() if p.requires_grad}
+    if improved:
+        st.best, st.best_params = {"epoch": epoch, "main": main, "rows": rows[1:]}, trainable_now
+    st.epoch, st.history = epoch, st.history + rows
+    st.train_time += seconds
+    st.train_samples += seen
+    st.params, st.optimizer, st.rng = trainable_now, tr.optimizer.state_dict(), checkpoint.rng_state()
+    st.scheduler = tr.scheduler.state_dict()
+    if tr.accelerator.is_main_process:
+        log.info("epoch %d: train loss %.4f, %s", epoch, rows[0]["loss"], "; ".join(
+            f"{r['split']} " + ", ".join(f"{m} {r[m]:.4f}" for m in task.metrics) for r in rows[1:]))
+        io.write_jsonl(tr.su.out / "metrics.jsonl", st.history)
+        checkpoint.save(tr.su.out, st, best_changed=improved)
+
+
+def results(tr: Training, status: str) -> dict:
+    """results.json's content for the run as it stands."""
+    cfg, task, st, counts = tr.cfg, tr.su.task, tr.st, tr.counts
+    best = st.best or {}
+    return {
+        "status": status, "task": task.name, "fine_tune_type": cfg.fine_tune_type, "model_name": cfg.model_name,
+        "completed_epochs": st.epoch, "epochs": cfg.epochs,
+        "best_epoch": best.get("epoch"), "main_metric": task.main_metric, "best_main_metric": best.get("main"),
+        "best_metrics": {r["split"]: {m: r[m] for m in task.metrics} | {"loss": r["loss"]} for r in best.get("rows", [])},
+        "trainable_params": counts["trained"], "total_params": counts["total"],
+        "trainable_percent": 100 * counts["trained"] / counts["total"],
+        "trainable_params_encoder": counts["trained_encoder"], "trainable_params_in_layers": counts["trained_in_layers"],
+        "train_samples": st.train_samples, "train_seconds": round(st.train_time, 3),
+        "train_samples_per_second": st.train_samples / st.train_time if st.train_time else None,
+        "peak_memory_mb": round(peak_memory_mb(tr.accelerator.device), 1),
+        "device": str(tr.accelerator.device), "wall_seconds": round(time.time() - tr.started, 3),
+    }
+
+
+def stop(tr: Training, status: str, message: str, exit_code: int):
+    """Record why the run stopped (the last complete epoch's checkpoint stays) and raise RunStopped."""
+    if tr.accelerator.is_main_process:
+        res = results(tr, status) | {"message": message}
+        if status == "interrupted":
+            res["resume_command"] = checkpoint.resume_command(tr.cfg)
+        io.write_json(tr.su.out / "results.json", res)
+    raise RunStopped(message, exit_code)
+
+
+def finish(tr: Training) -> dict:
+    """Restore the best epoch, save the delta, predict the test set, plot, write results.json."""
+    su, st, accelerator = tr.su, tr.st, tr.accelerator
+    unwrapped = accelerator.unwrap_model(tr.model)
+    with torch.no_grad():
+        for n, t in st.best_params.items():
+            tr.named[n].copy_(t)
+    res = results(tr, "complete")
+    if su.selection.masked:
+        from ..policies.sparse import achieved_sparsity
+
+        res["achieved_sparsity"] = achieved_sparsity(unwrapped)
+    if accelerator.is_main_process:
+        delta.save(su.out / "delta.safetensors", unwrapped, su.selection, su.new_params, su.cfg, su.task,
+                   st.best["epoch"], base_fp=su.base_fingerprint)
+    _predict_test(tr)
+    if accelerator.is_main_process:
+        _write_final(tr, res)
+    accelerator.wait_for_everyone()
+    return res
+
+
+def _predict_test(tr: Training) -> None:
+    su = tr.su
+    for split in su.task.test_splits:
+        if split.name in su.encoded:
+            preds, _, _ = predict(tr.model, _eval_loader(su, split.name), tr.accelerator, su.task)
+            if tr.accelerator.is_main_process:
+                write_submission(su.out / split.submission, su.task, su.splits[split.name], preds)
+
+
+def _write_final(tr: Training, res: dict) -> None:
+    """Main process: learning curves, evaluator.pkl, results.json, checkpoint removal, the closing log line."""
+    su, st, cfg, task = tr.su, tr.st, tr.cfg, tr.su.task
+    plot_learning_curves(st.history, task.metrics, su.out / "learning_curves.png",
+                         f"{task.glue_name} · {cfg.fine_tune_type} · {cfg.model_name}")
+    if cfg.save_evaluator:
+        io.write_pickle(su.out / "evaluator.pkl", {"config": cfg.to_dict(), "history": st.history, "results": res})
+    res["wall_seconds"] = round(time.time() - tr.started, 3)
+    io.write_json(su.out / "results.json", res)
+    if not cfg.keep_checkpoint:
+        checkpoint.remove(su.out)
+    log.info("best epoch %d: %s %.4f; trainable %s of %s (%.4f%%); run folder %s", st.best["epoch"],
+             task.main_metric, st.best["main"], f"{tr.counts['trained']:,}", f"{tr.counts['total']:,}",
+             res["trainable_percent"], su.out)

@@ -1,0 +1,22 @@
+"""The optimizer and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import torch
+
+
+def make_optimizer(cfg, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """Adam(W) over the trainable tensors only: fused kernels on CUDA, foreach (multi-tensor) elsewhere."""
+    kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    cuda = all(p.is_cuda for p in params)
+    return kind(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                **({"fused": True} if cuda else {"foreach": True}))
+
+
+def make_scheduler(cfg, optimizer, total_steps: int):
+    """``cfg.scheduler`` after a linear warm-up of ``cfg.warmup_ratio`` of the steps."""
+    from transformers import get_scheduler
+
+    warmup = int(cfg.warmup_ratio * total_steps)
+    name = {"constant": "constant_with_warmup" if warmup else "constant"}.get(cfg.scheduler, cfg.scheduler)
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)

@@ -1,0 +1,110 @@
+"""Everything a run needs, checked before the run folder is touched: data, model, method, device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import checkpoint, delta, io, policies
+from ..config import RunConfig
+from ..data import Encoded, EpochBatches, collator, encode, load_glue
+from ..devices import make_accelerator
+from ..models import load_model, load_tokenizer, resolve_model
+from ..tasks import GlueTask, get_task
+
+PROBE_STEPS = 50  # --layers auto:K: full fine-tuning steps of the probe run
+PROBE_LR = 2e-5
+
+
+@dataclass
+class Setup:
+    """A validated run, before anything is written: data, model, method, accelerator."""
+
+    cfg: RunConfig
+    task: GlueTask
+    splits: dict  # split name -> examples
+    encoded: dict  # split name -> Encoded
+    tokenizer: object
+    model: torch.nn.Module
+    new_params: list[str]  # what load_model initialised (the task head): saved in the delta
+    base_fingerprint: str  # delta.fingerprint of the pretrained weights, written into the delta
+    selection: policies.Selection
+    accelerator: object
+    out: Path
+
+
+def _first(examples, limit):
+    return examples if limit is None else examples[:limit]
+
+
+def load_splits(cfg: RunConfig, task: GlueTask) -> dict:
+    """Every split the run uses, cut to the --max-*-samples limits."""
+    splits = load_glue(task, cfg.data_dir, with_test=cfg.predict_test)
+    splits["train"] = _first(splits["train"], cfg.max_train_samples)
+    for s in task.dev_splits:
+        splits[s.name] = _first(splits[s.name], cfg.max_eval_samples)
+    for s in task.test_splits:
+        if s.name in splits:
+            splits[s.name] = _first(splits[s.name], cfg.max_predict_samples)
+    return splits
+
+
+def prepare(cfg: RunConfig) -> Setup:
+    """Everything that can fail on bad input, done before the run folder is touched."""
+    task = get_task(cfg.task_name)
+    out = Path(cfg.output_path)
+    if cfg.resume:
+        checkpoint.check_resumable(cfg, out)
+    else:
+        io.check_output_folder(cfg.output_path, cfg.overwrite)
+    splits = load_splits(cfg, task)
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)
+    tokenizer = load_tokenizer(cfg.model_name, cfg.trust_remote_code)
+    model, new_params = load_model(cfg.model_name, task, cfg.trust_remote_code, cfg.attention_dropout)
+    base_fp = delta.fingerprint(model, new_params)  # of the pretrained weights, before anything trains
+    accelerator = make_accelerator(cfg)
+    encoded = {name: encode(ex, tokenizer, cfg.max_seq_length, task.is_regression) for name, ex in splits.items()}
+    sel = policies.select(model, cfg, probe=make_probe(encoded["train"], collator(tokenizer), cfg))
+    return Setup(cfg, task, splits, encoded, tokenizer, model, new_params, base_fp, sel, accelerator, out)
+
+
+def make_probe(train: Encoded, collate, cfg: RunConfig):
+    """For ``--layers auto:K``: briefly full-fine-tune a copy of the model so layers can be ranked."""
+
+    def probe(model: torch.nn.Module) -> None:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=PROBE_LR)
+        loader = torch.utils.data.DataLoader(train, batch_sampler=EpochBatches(len(train), cfg.batch_size, cfg.seed + 1),
+                                             collate_fn=collate)
+        device = next(model.parameters()).device
+        for step, batch in enumerate(loader):
+            if step >= PROBE_STEPS:
+                break
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    return probe
+
+
+def open_run_folder(su: Setup) -> None:
+    """Create the folder (main process only, after every process has checked it) and write config.json."""
+    su.accelerator.wait_for_everyone()
+    if not su.accelerator.is_main_process:
+        return
+    su.out.mkdir(parents=True, exist_ok=True)
+    if not su.cfg.resume:
+        for stale in list(io.RUN_FILES) + [s.submission for s in su.task.test_splits]:
+            (su.out / stale).unlink(missing_ok=True)
+        checkpoint.remove(su.out)
+    io.write_json(su.out / "config.json", {
+        "config": su.cfg.to_dict(), "model_path": resolve_model(su.cfg.model_name), "task": su.task.glue_name,
+        "policy_notes": su.selection.notes, "device": str(su.accelerator.device),
+        "num_processes": su.accelerator.num_processes, "environment": io.environment()})
