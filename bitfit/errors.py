@@ -1,7 +1,5 @@
 """Errors a user can act on: bad input (one line, exit 2) and runs that stopped early."""
 
-import argparse
-
 
 class UserError(ValueError):
     """Bad input: the message names the bad value and what would be accepted."""
@@ -13,10 +11,3 @@ class RunStopped(RuntimeError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-class OneLineErrors(argparse.ArgumentParser):
-    """Bad flags get one line (not the whole usage) and exit status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see -h)\n")

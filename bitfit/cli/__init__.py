@@ -20,7 +20,7 @@ import argparse
 import importlib
 import sys
 
-from ..errors import OneLineErrors, RunStopped, UserError
+from ..errors import RunStopped, UserError
 
 COMMANDS: dict[str, str] = {  # name -> one-line description; the module is bitfit.cli.<name>
     "train": "fine-tune on a GLUE task under a fine-tune method (the same as python run_glue.py)",
@@ -37,6 +37,13 @@ def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = [f"  {name:<{width}}  {what}" for name, what in COMMANDS.items()]
     return "usage: python -m bitfit <command> [-h] ...\n\ncommands:\n" + "\n".join(lines) + "\n"
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """Bad flags get one line (not the whole usage) and exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see -h)\n")
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
