@@ -7,7 +7,8 @@
 
     python -m bitfit merge runs/rte -o merged/rte
 
-The file holds only what training changed, named as in ``bitfit.policies``: a whole trained tensor
+The file holds only what training changed (``encode`` writes it; ``parse`` is the one reader, used by
+``apply_tensors`` for predict and merge, and by the serving backbone): a whole trained tensor
 under its parameter name, a partly trained one as ``<name>::indices`` + ``<name>::values``, a learned
 mask as ``<name>::maskbits`` + ``<name>::shape``; plus every tensor the base checkpoint lacked (the
 new task head). Its metadata (strings) says what it applies to:

@@ -46,11 +46,11 @@ class BaseModels:
         got = self._cache[name]
         if isinstance(got, str):
             raise UserError(got)
-        params, fresh, fp = got
+        params, new_params, fp = got
         if d.fingerprint is not None and d.fingerprint != fp:
             raise UserError(f"base model {model_name(name)!r} here has other weights than the run was trained on "
                             f"(fingerprint {fp[:19]}..., delta {d.fingerprint[:19]}...)")
-        return params, fresh
+        return params, new_params
 
     @staticmethod
     def _load(name: str, task: GlueTask) -> tuple[dict, set[str], str] | str:
@@ -60,13 +60,13 @@ class BaseModels:
         transformers.logging.disable_progress_bar()
         try:
             with quiet_base_loading():
-                model, fresh = load_model(name, task)
+                model, new_params = load_model(name, task)
         except (UserError, OSError) as e:
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
             return f"base model {model_name(name)!r} cannot be loaded here: {why}"
         head = set(head_names(model))
         params = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if n not in head}
-        return params, set(fresh) | head, fingerprint(model, fresh)
+        return params, set(new_params) | head, fingerprint(model, new_params)
 
 
 def _encoder_relative(name: str) -> str:
@@ -77,9 +77,9 @@ def _encoder_relative(name: str) -> str:
 
 def _base_tensors(d: Delta, bases: BaseModels, biases_only: bool = False):
     """(name relative to the encoder, trained tensor, pretrained tensor) of every whole encoder tensor in ``d``."""
-    params, fresh = bases.get(d)
+    params, new_params = bases.get(d)
     for key, t in d.tensors.items():
-        if "::" in key or key not in params or key in fresh or (biases_only and not key.endswith(".bias")):
+        if "::" in key or key not in params or key in new_params or (biases_only and not key.endswith(".bias")):
             continue
         yield _encoder_relative(key), t.double(), params[key].double()
 
