@@ -56,7 +56,8 @@ def model_dir(name: str, cache: Path) -> str:
 def make_delta(base: str, task_name: str, policy: str, path: Path, seed: int = 0, model=None, fresh=None,
                fp: str | None = None, **kw) -> Path:
     """A delta as a run writes it: the policy's tensors moved at random, saved by ``bitfit.delta.save``."""
-    from bitfit import delta, policies, sparse
+    from bitfit import delta, policies
+    from bitfit.policies import sparse
     from bitfit.config import RunConfig
     from bitfit.models import load_model
     from bitfit.tasks import get_task
