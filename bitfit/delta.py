@@ -43,8 +43,9 @@ import torch
 
 from . import io
 from .policies import sparse
-from .policies.anatomy import head_names
+from .policies.anatomy import head_names, layer_of
 from .errors import UserError
+from .methods import METHODS
 from .models import load_model, load_tokenizer
 from .tasks import GlueTask, get_task
 
@@ -99,17 +100,42 @@ def _tensor(model: torch.nn.Module, name: str) -> torch.Tensor:
     return getattr(model.get_submodule(module) if module else model, attr)
 
 
-def parse(tensors: dict[str, torch.Tensor], params: dict[str, torch.Tensor], where: str = "delta") -> dict[str, Part]:
+def parse(tensors: dict[str, torch.Tensor], params: dict[str, torch.Tensor], where: str = "delta",
+          policy: str | None = None, head: set[str] | frozenset = frozenset()) -> dict[str, Part]:
     """Group a delta's tensors by parameter and check each against ``params`` (name -> tensor of the
-    model it will be applied to): known names, complete parts, shapes, index ranges."""
+    model it will be applied to): known names, complete parts, shapes, index ranges, finite values;
+    with ``policy``, also that the method could have trained it (``head``: the task head's names)."""
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
         name, _, kind = key.partition("::")
         if name not in params or kind not in KINDS:
             raise UserError(f"{where}: tensor {key!r} does not fit this model; accepted: its parameter names, "
                             "optionally with ::indices, ::values, ::maskbits or ::shape")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise UserError(f"{where}: tensor {key!r} holds NaN or infinite values; refusing to use it")
         grouped.setdefault(name, {})[kind] = t
-    return {name: _part(name, got, params[name], where) for name, got in grouped.items()}
+    parts = {name: _part(name, got, params[name], where) for name, got in grouped.items()}
+    if policy is not None:
+        for name, part in parts.items():
+            if not (part.kind == WHOLE if name in head else _trainable_by(policy, name, part)):
+                raise UserError(f"{where}: {name!r} ({part.kind}) is not something policy {policy!r} trains; "
+                                "refusing a delta whose tensors do not match its policy")
+    return parts
+
+
+def _trainable_by(policy: str, name: str, part: Part) -> bool:
+    """Whether ``policy`` could have learned this part of an encoder parameter."""
+    if policy == "full_ft":
+        return part.kind == WHOLE
+    if policy == "layers":
+        return part.kind == WHOLE and layer_of(name) is not None
+    if policy == "bitfit":
+        return part.kind == WHOLE and name.endswith(".bias") and part.tensor.dim() == 1
+    if policy in ("rand_uniform", "rand_row_col"):  # a tiny tensor drawn whole is stored whole
+        return part.kind == ENTRIES or (policy == "rand_uniform" and part.kind == WHOLE and part.tensor.dim() <= 1)
+    if policy == "sparse_mask":
+        return part.kind == MASK
+    return False  # frozen: nothing outside the head
 
 
 def _part(name: str, got: dict[str, torch.Tensor], param: torch.Tensor, where: str) -> Part:
@@ -136,10 +162,11 @@ def check_shape(name: str, got, want, where: str = "delta") -> None:
         raise UserError(f"{where}: tensor {name!r} has shape {tuple(got)}; accepted: {tuple(want)} (another model size?)")
 
 
-def apply_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str = "delta") -> None:
+def apply_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str = "delta",
+                  policy: str | None = None) -> None:
     """Apply a delta's tensors to a freshly loaded base model in place (masks become plain zeros)."""
     params = dict(model.named_parameters())
-    parts = parse(tensors, params, where)
+    parts = parse(tensors, params, where, policy, set(head_names(model)))
     with torch.no_grad():
         for name, part in parts.items():
             p = params[name]
@@ -236,8 +263,16 @@ def save(path: Path, model, sel, new_params: list[str], cfg, task: GlueTask, epo
         "config": json.dumps(cfg.to_dict()), "versions": json.dumps(versions()),
         "tensors_sha256": tensors_digest(tensors),
     }
+    meta["digest"] = delta_digest(meta)
     io.write_safetensors(Path(path), tensors, meta)
     return meta
+
+
+def delta_digest(meta: dict[str, str]) -> str:
+    """sha256 over every metadata entry but itself (which include ``tensors_sha256``, the tensors' digest):
+    a delta whose task, labels, policy or base was edited after it was written no longer matches."""
+    body = json.dumps({k: v for k, v in meta.items() if k != "digest"}, sort_keys=True).encode()
+    return "sha256:" + hashlib.sha256(b"bitfit-delta-digest/1\n" + body).hexdigest()
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -274,7 +309,7 @@ class Delta:
 
     @property
     def config(self) -> dict:
-        return json.loads(self.meta.get("config") or "{}")
+        return _json_meta(self.path, self.meta, "config", dict)
 
     @property
     def policy(self) -> str:
@@ -298,8 +333,9 @@ def delta_path(path: str | os.PathLike) -> Path:
     return p
 
 
-def read(path: str | os.PathLike) -> Delta:
-    """Read a delta with safetensors only (no pickle anywhere); refuse anything that is not one."""
+def read(path: str | os.PathLike, allow_unverified: bool = False) -> Delta:
+    """Read a delta with safetensors only (no pickle anywhere); refuse anything that is not one, or that
+    cannot be verified (no digest or fingerprint) unless ``allow_unverified``."""
     from safetensors import SafetensorError, safe_open
 
     p = delta_path(path)
@@ -310,16 +346,46 @@ def read(path: str | os.PathLike) -> Delta:
     except (SafetensorError, OSError, ValueError) as e:
         raise UserError(f"{p} is not a safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                         "accepted: a delta.safetensors written by a bitfit run") from None
+    _check_metadata(p, meta)
+    missing = [k for k in ("digest", "tensors_sha256", "fingerprint") if not meta.get(k)]
+    if missing and not allow_unverified:
+        raise UserError(f"{p} has no {', '.join(missing)} in its metadata, so it cannot be verified; refusing it "
+                        "(a delta written by an older version, or edited: pass --allow-unverified to load it anyway)")
+    if missing:
+        log.warning("%s: loading an unverified delta (no %s)", p, ", ".join(missing))
+    if meta.get("tensors_sha256") and tensors_digest(tensors) != meta["tensors_sha256"]:
+        raise UserError(f"{p}: its tensors do not match the digest recorded when it was written (corrupted or "
+                        "modified); refusing to use it")
+    if meta.get("digest") and delta_digest(meta) != meta["digest"]:
+        raise UserError(f"{p}: its metadata does not match the digest recorded when it was written (edited: task, "
+                        "labels, policy or base changed); refusing to use it")
+    return Delta(p, tensors, meta)
+
+
+def _json_meta(path: Path, meta: dict[str, str], key: str, kind: type):
+    try:
+        value = json.loads(meta.get(key) or ("{}" if kind is dict else "null"))
+    except ValueError:
+        value = ...
+    if not (isinstance(value, kind) or (kind is not dict and value is None)):
+        raise UserError(f"{path}: metadata {key!r} is not {'a JSON object' if kind is dict else 'a JSON list or null'}; "
+                        "accepted: a delta.safetensors written by a bitfit run")
+    return value
+
+
+def _check_metadata(p: Path, meta: dict[str, str]) -> None:
+    """Format, the keys every delta has, and JSON where JSON is due; one line for what is wrong."""
     if meta.get("format") != FORMAT:
         raise UserError(f"{p} is not a bitfit delta (format {meta.get('format')!r}); accepted: format {FORMAT!r}")
-    missing = [k for k in ("base_model", "task", "model_type") if k not in meta]
+    missing = [k for k in ("base_model", "task", "model_type", "policy") if k not in meta]
     if missing:
         raise UserError(f"{p} lacks metadata {', '.join(missing)}; accepted: a delta.safetensors written by a bitfit run")
     get_task(meta["task"])
-    if "tensors_sha256" in meta and tensors_digest(tensors) != meta["tensors_sha256"]:
-        raise UserError(f"{p}: its tensors do not match the digest recorded when it was written (corrupted or "
-                        "modified); refusing to use it")
-    return Delta(p, tensors, meta)
+    if meta["policy"] not in METHODS:
+        raise UserError(f"{p}: policy {meta['policy']!r} is unknown; accepted: {', '.join(METHODS)}")
+    _json_meta(p, meta, "config", dict)
+    _json_meta(p, meta, "labels", list)
+    _json_meta(p, meta, "bias_terms", list)
 
 
 def check_base(d: Delta, model, fp: str, base_name: str) -> None:
@@ -337,18 +403,19 @@ def check_base(d: Delta, model, fp: str, base_name: str) -> None:
                         "weights; pass the base it was trained on (--base)")
 
 
-def as_delta(d: Delta | str | os.PathLike) -> Delta:
-    return d if isinstance(d, Delta) else read(d)
+def as_delta(d: Delta | str | os.PathLike, allow_unverified: bool = False) -> Delta:
+    return d if isinstance(d, Delta) else read(d, allow_unverified)
 
 
-def load(d: Delta | str | os.PathLike, base: str | None = None, trust_remote_code: bool = False):
+def load(d: Delta | str | os.PathLike, base: str | None = None, trust_remote_code: bool = False,
+         allow_unverified: bool = False):
     """(model, tokenizer): the base (``base`` or the one the delta names), checked, with the delta applied."""
-    d = as_delta(d)
+    d = as_delta(d, allow_unverified)
     name = base or d.base_model
     with quiet_base_loading():
         model, new_params = load_model(name, d.task, trust_remote_code)
     check_base(d, model, fingerprint(model, new_params), name)
-    apply_tensors(model, d.tensors, where=f"delta {d.path}")
+    apply_tensors(model, d.tensors, where=f"delta {d.path}", policy=d.policy)
     model.eval()
     return model, load_tokenizer(name, trust_remote_code)
 
@@ -361,14 +428,14 @@ MERGE_NOTE = "bitfit_delta.json"  # provenance written beside the merged weights
 
 
 def merge(d: Delta | str | os.PathLike, out: str | os.PathLike, base: str | None = None, overwrite: bool = False,
-          trust_remote_code: bool = False) -> Path:
+          trust_remote_code: bool = False, allow_unverified: bool = False) -> Path:
     """Write base + delta as a standalone Hugging Face model folder (weights, config, tokenizer).
 
     ``AutoModelForSequenceClassification.from_pretrained(out)`` loads it with no dependency on this
     tool, and its predictions equal the delta-applied model's exactly (the same tensors, saved).
     Files appear whole: they are written to a temp folder beside ``out``, then moved in.
     """
-    d = as_delta(d)
+    d = as_delta(d, allow_unverified)
     out = Path(out)
     io.check_output_folder(str(out), overwrite)
     model, tokenizer = load(d, base, trust_remote_code)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import UserError
+from .runlock import LOCK_FILE
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -34,8 +35,20 @@ def check_output_folder(path: str, overwrite: bool) -> None:
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise UserError(f"output path {path!r} is a file; accepted: a new or empty folder (or --overwrite on a run folder)")
-    if p.is_dir() and any(p.iterdir()) and not overwrite:
+    if p.is_dir() and any(f.name != LOCK_FILE for f in p.iterdir()) and not overwrite:
         raise UserError(f"output folder {path!r} is not empty; pass --overwrite to write into it")
+
+
+TMP_PATTERN = ".*.tmp"  # what atomic_write leaves behind if the process dies mid-write
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete this tool's temporary files (``.<name>.<random>.tmp``) in ``folder`` and below; call it
+    only while holding the folder's lock (no writer of ours is alive). Returns what was removed."""
+    stale = [p for p in folder.rglob(TMP_PATTERN) if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

@@ -18,16 +18,22 @@
 - ``broken``: anything else (unreadable files, stopped before its first epoch's checkpoint, not a
   run folder); start it again with ``--overwrite``.
 
+While a run writes a folder it holds the folder's lock (``bitfit.runlock``): ``running`` is then its
+PID, whatever the files say so far.
+
 Reads only small JSON files; never imports torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from .runlock import LOCK_FILE, holder
 
 NEW, COMPLETE, INTERRUPTED, DIVERGED, BROKEN = "new", "complete", "interrupted", "diverged", "broken"
 STATUSES = (NEW, COMPLETE, INTERRUPTED, DIVERGED, BROKEN)
@@ -43,6 +49,7 @@ class RunState:
     saved: dict | None = None  # config.json as written (settings, model path, device, environment)
     results: dict | None = None
     checkpoint_epoch: int | None = None  # last epoch with a complete checkpoint
+    running: str | None = None  # PID of the run writing the folder now (it holds the folder's lock), or None
 
     @property
     def resumable(self) -> bool:
@@ -74,9 +81,16 @@ def _main_metric_ok(results: dict) -> bool:
 
 
 def read_state(folder: str | os.PathLike) -> RunState:
-    """The state of one run folder (see the module docstring)."""
-    path = Path(folder)
-    if not path.exists() or (path.is_dir() and not any(path.iterdir())):
+    """The state of one run folder (see the module docstring); ``running`` says whether a run holds it now."""
+    state = _read_files(Path(folder))
+    pid = holder(state.path) if state.path.is_dir() else None
+    if pid is None:
+        return state
+    return dataclasses.replace(state, running=pid, reason=f"running now (pid {pid}); on disk: {state.reason}")
+
+
+def _read_files(path: Path) -> RunState:
+    if not path.exists() or (path.is_dir() and all(p.name == LOCK_FILE for p in path.iterdir())):
         return RunState(path, NEW, "no run here yet")
     if not path.is_dir():
         return RunState(path, BROKEN, "a file, not a run folder")

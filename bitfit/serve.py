@@ -44,6 +44,7 @@ from .tasks import GlueTask, get_task
 log = logging.getLogger("bitfit")
 
 INDEX_COLUMNS = ("index", "idx", "id")
+PLACEHOLDER = get_task("stsb")  # the backbone's own head, until a task's delta brings its own
 
 
 @dataclass
@@ -86,7 +87,7 @@ class Backbone:
         t0 = time.perf_counter()
         # the head of a placeholder task: every delta brings its own head and replaces it
         with deltas.quiet_base_loading():
-            self.model, self.new_params = load_model(model_name, get_task("stsb"), trust_remote_code)
+            self.model, self.new_params = load_model(model_name, PLACEHOLDER, trust_remote_code)
         self.tokenizer = load_tokenizer(model_name, trust_remote_code)
         self.name = model_name
         self.fingerprint = deltas.fingerprint(self.model, self.new_params)
@@ -103,9 +104,9 @@ class Backbone:
 
     @classmethod
     def for_deltas(cls, paths, base: str | None = None, device="cpu", trust_remote_code: bool = False,
-                   names: list[str] | None = None) -> Backbone:
+                   names: list[str] | None = None, allow_unverified: bool = False) -> Backbone:
         """A backbone of ``base`` (default: the base the first delta names) with every delta added."""
-        ds = [deltas.as_delta(p) for p in paths]
+        ds = [deltas.as_delta(p, allow_unverified) for p in paths]
         if not ds:
             raise UserError("no delta given; accepted: one or more delta.safetensors files or run folders")
         bb = cls(base or ds[0].base_model, device, trust_remote_code)
@@ -132,14 +133,10 @@ class Backbone:
     def _compile(self, name: str, d: deltas.Delta) -> _Task:
         t = _Task(name, d, d.task)
         where = f"delta {d.path}"
-        for pname, part in deltas.parse(d.tensors, self.params, where).items():
+        for pname, part in deltas.parse(d.tensors, self.params, where, d.policy, self._head_names).items():
             p = self.params[pname]
             if pname in self._head_names:
-                if part.kind != deltas.WHOLE or part.tensor.shape[1:] != p.shape[1:]:
-                    shape = tuple(part.tensor.shape) if part.kind == deltas.WHOLE else "partial"
-                    raise UserError(f"{where}: head tensor {pname!r} is {shape}; accepted: a whole tensor of shape "
-                                    f"(num_labels, {', '.join(map(str, p.shape[1:]))})")
-                t.head[pname] = part.tensor.to(self.device, p.dtype, copy=True)  # own, aligned storage
+                t.head[pname] = self._head_tensor(pname, part.tensor, d.task, where)
             elif part.kind == deltas.WHOLE:
                 deltas.check_shape(pname, part.tensor.shape, p.shape, where)
                 t.whole[pname] = part.tensor.to(self.device, p.dtype)
@@ -152,6 +149,16 @@ class Backbone:
         if missing:
             raise UserError(f"{where} has no {', '.join(sorted(missing))}; every delta must carry its task head")
         return t
+
+    def _head_tensor(self, name: str, tensor: torch.Tensor, task: GlueTask, where: str) -> torch.Tensor:
+        """The task's own copy of a head tensor, checked: the placeholder head has one output (STS-B), so a
+        tensor whose first dimension is 1 here must have the task's label count there; others match exactly."""
+        p = self.params[name]
+        want = (task.num_labels, *p.shape[1:]) if p.shape[0] == PLACEHOLDER.num_labels else tuple(p.shape)
+        if tuple(tensor.shape) != want:
+            raise UserError(f"{where}: head tensor {name!r} has shape {tuple(tensor.shape)}; accepted: {want} "
+                            f"({task.glue_name} has {task.num_labels} label(s))")
+        return tensor.to(self.device, p.dtype, copy=True)  # own, aligned storage
 
     @torch.no_grad()
     def activate(self, name: str | None, record: bool = True) -> float:

@@ -143,12 +143,17 @@ def test_cli_refusal_is_one_line_and_writes_nothing(tmp_path, tiny_bert_dir, cap
     assert not (tmp_path / "merged").exists()
 
 
-def test_a_delta_without_fingerprint_loads_with_a_warning(tmp_path, tiny_bert_dir, caplog):
+@pytest.mark.parametrize("key", ["fingerprint", "digest", "tensors_sha256"])
+def test_an_unverifiable_delta_is_refused_unless_allowed(tmp_path, tiny_bert_dir, caplog, key):
     d = delta.read(synthetic_delta(tiny_bert_dir, tmp_path / "d" / "delta.safetensors"))
-    meta = {k: v for k, v in d.meta.items() if k != "fingerprint"}
+    meta = {k: v for k, v in d.meta.items() if k != key}
+    if key != "digest":
+        meta["digest"] = delta.delta_digest(meta)  # as if written by a version without that key
     save_file(d.tensors, tmp_path / "old.safetensors", metadata=meta)
-    delta.load(tmp_path / "old.safetensors")
-    assert "records no base fingerprint" in caplog.text
+    with pytest.raises(UserError, match=f"has no {key} in its metadata, so it cannot be verified"):
+        delta.load(tmp_path / "old.safetensors")
+    delta.load(tmp_path / "old.safetensors", allow_unverified=True)
+    assert "loading an unverified delta" in caplog.text
 
 
 class _Bomb:

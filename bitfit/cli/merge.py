@@ -17,6 +17,8 @@ def build_parser(p):
                    "its weights must match the delta's fingerprint")
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty folder")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a base model whose code lives on the hub")
+    p.add_argument("--allow-unverified", action="store_true", help="load a delta that carries no digest or "
+                   "fingerprint (written by an older version); it cannot be checked against tampering or its base")
     p.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=True, help="log what was merged")
     return p
 
@@ -26,6 +28,6 @@ def cli(args) -> int:
 
     setup_logging(args.verbose)
     out = merge(args.delta, args.output, base=args.base, overwrite=args.overwrite,
-                trust_remote_code=args.trust_remote_code)
+                trust_remote_code=args.trust_remote_code, allow_unverified=args.allow_unverified)
     print(out)
     return 0

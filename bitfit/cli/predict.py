@@ -39,6 +39,8 @@ def build_parser(p):
     p.add_argument("--max-seq-length", type=int, default=None, help="truncate inputs (default: the run's max seq length)")
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (auto: the first GPU if there is one)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a base model whose code lives on the hub")
+    p.add_argument("--allow-unverified", action="store_true", help="load deltas that carry no digest or "
+                   "fingerprint (written by an older version); they cannot be checked against tampering or their base")
     p.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=True,
                    help="log loading and task-switch times (--no-verbose: warnings only)")
     return p
@@ -70,7 +72,7 @@ def cli(args) -> int:
     from ..serve import Backbone, format_rows, parse_inputs, read_source, task_keys
 
     device = resolve_device(args.device)
-    ds = [deltas.read(p) for p in args.delta]
+    ds = [deltas.read(p, args.allow_unverified) for p in args.delta]
     keys = task_keys(ds)
     several = len(keys) > 1
     bb = Backbone.for_deltas(ds, base=args.base, device=device, trust_remote_code=args.trust_remote_code, names=keys)

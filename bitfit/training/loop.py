@@ -70,14 +70,20 @@ def run(cfg: RunConfig) -> dict:
     keeping the last complete epoch's checkpoint) on SIGINT/SIGTERM or a non-finite loss.
     """
     setup_logging(cfg.verbose)
-    tr = start(prepare(cfg), started=time.time())
-    tr.model.train()
-    with checkpoint.Interrupt() as interrupt:
-        for epoch in range(tr.st.epoch + 1, cfg.epochs + 1):
-            loss_sum, seen, seconds = epoch_totals(tr, *train_epoch(tr, epoch, interrupt))
-            rows = evaluate(tr, epoch, loss_sum, seen, seconds)
-            end_epoch(tr, epoch, rows, seen, seconds)
-    return finish(tr)
+    started = time.time()
+    su = prepare(cfg)  # holds the run folder's lock from here on
+    try:
+        tr = start(su, started)
+        tr.model.train()
+        with checkpoint.Interrupt() as interrupt:
+            for epoch in range(tr.st.epoch + 1, cfg.epochs + 1):
+                loss_sum, seen, seconds = epoch_totals(tr, *train_epoch(tr, epoch, interrupt))
+                rows = evaluate(tr, epoch, loss_sum, seen, seconds)
+                end_epoch(tr, epoch, rows, seen, seconds)
+        return finish(tr)
+    finally:
+        if su.lock is not None:
+            su.lock.release()
 
 
 def start(su: Setup, started: float) -> Training:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +14,10 @@ from ..config import RunConfig
 from ..data import Encoded, EpochBatches, collator, encode, load_glue
 from ..devices import make_accelerator
 from ..models import load_model, load_tokenizer, resolve_model
+from ..runlock import RunLock
 from ..tasks import GlueTask, get_task
+
+log = logging.getLogger("bitfit")
 
 PROBE_STEPS = 50  # --layers auto:K: full fine-tuning steps of the probe run
 PROBE_LR = 2e-5
@@ -33,6 +38,7 @@ class Setup:
     selection: policies.Selection
     accelerator: object
     out: Path
+    lock: RunLock | None  # held by the main process for the whole run
 
 
 def _first(examples, limit):
@@ -51,8 +57,26 @@ def load_splits(cfg: RunConfig, task: GlueTask) -> dict:
     return splits
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a launch (``accelerate launch``/``torchrun`` set RANK), or a plain single process."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def prepare(cfg: RunConfig) -> Setup:
-    """Everything that can fail on bad input, done before the run folder is touched."""
+    """Take the run folder's lock, then everything that can fail on bad input, before anything is written.
+
+    A failure here releases the lock and removes the folder if this call created it (empty but for the lock).
+    """
+    lock = RunLock(cfg.output_path).acquire() if is_main_process() else None
+    try:
+        return _prepare(cfg, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release(remove_if_created=True)
+        raise
+
+
+def _prepare(cfg: RunConfig, lock: RunLock | None) -> Setup:
     task = get_task(cfg.task_name)
     out = Path(cfg.output_path)
     if cfg.resume:
@@ -69,7 +93,7 @@ def prepare(cfg: RunConfig) -> Setup:
     accelerator = make_accelerator(cfg)
     encoded = {name: encode(ex, tokenizer, cfg.max_seq_length, task.is_regression) for name, ex in splits.items()}
     sel = policies.select(model, cfg, probe=make_probe(encoded["train"], collator(tokenizer), cfg))
-    return Setup(cfg, task, splits, encoded, tokenizer, model, new_params, base_fp, sel, accelerator, out)
+    return Setup(cfg, task, splits, encoded, tokenizer, model, new_params, base_fp, sel, accelerator, out, lock)
 
 
 def make_probe(train: Encoded, collate, cfg: RunConfig):
@@ -100,6 +124,8 @@ def open_run_folder(su: Setup) -> None:
     if not su.accelerator.is_main_process:
         return
     su.out.mkdir(parents=True, exist_ok=True)
+    for stale in io.remove_stale_temp_files(su.out):  # a crash mid-write; we hold the lock, so no writer is alive
+        log.info("removed a temporary file a stopped run left behind: %s", stale)
     if not su.cfg.resume:
         for stale in list(io.RUN_FILES) + [s.submission for s in su.task.test_splits]:
             (su.out / stale).unlink(missing_ok=True)
