@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shlex
 import signal
 import sys
@@ -159,6 +160,19 @@ def load(run_dir: Path) -> TrainState:
     )
 
 
+def check_params(st: TrainState, trainable: dict[str, torch.Tensor], run_dir: Path) -> None:
+    """The checkpoint's tensors are exactly this run's trainable tensors: names, shapes, finite values."""
+    for label, tensors in (("trainable", st.params), ("best", st.best_params)):
+        if set(tensors) != set(trainable):
+            odd = sorted(set(tensors) ^ set(trainable))[:3]
+            raise UserError(f"checkpoint in {str(run_dir)!r} holds other {label} tensors than this run trains "
+                            f"({', '.join(odd)}, ...); it cannot be resumed")
+        for name, t in tensors.items():
+            if tuple(t.shape) != tuple(trainable[name].shape) or not bool(torch.isfinite(t).all()):
+                raise UserError(f"checkpoint tensor {name!r} in {str(run_dir)!r} has the wrong shape or non-finite "
+                                "values; it cannot be resumed")
+
+
 def remove(run_dir: Path) -> None:
     folder = run_dir / FOLDER
     if folder.is_dir():
@@ -206,13 +220,25 @@ def check_resumable(cfg, out: Path) -> None:
         why = ("the run is already complete" if state.status == COMPLETE else "no run there" if state.status == NEW
                else state.reason)
         raise UserError(f"nothing to resume in {str(out)!r}: {why}")
-    saved = BEFORE_FIELD | state.config
-    mine = cfg.to_dict()
-    changed = sorted(k for k in cfg.compared_on_resume() if saved.get(k) != mine[k])
+    cwd = (state.saved or {}).get("environment", {}).get("cwd") or os.getcwd()  # where the run was started
+    saved = _normalised(BEFORE_FIELD | state.config, cwd)
+    mine = _normalised(cfg.to_dict(), os.getcwd())
+    changed = sorted(k for k in cfg.compared_on_resume() if k in mine and saved.get(k) != mine[k])
     if changed:
         k = changed[0]
         raise UserError(f"--resume with {k}={mine[k]!r} but the run was started with {k}={saved.get(k)!r}; "
                         f"resume with the original settings (may differ: {', '.join(sorted(RESUMABLE_CHANGES))})")
+
+
+def _normalised(settings: dict, cwd: str) -> dict:
+    """Paths as real absolute paths (relative ones taken from ``cwd``), so ``runs/x``, ``./runs/x/`` and
+    ``/abs/runs/x`` compare equal; the output path is left out (it is the folder being resumed)."""
+    out = {k: v for k, v in settings.items() if k != "output_path"}
+    for key in ("data_dir", "model_name"):
+        value = out.get(key)
+        if isinstance(value, str) and (key == "data_dir" or os.path.exists(os.path.join(cwd, value))):
+            out[key] = os.path.realpath(os.path.join(cwd, os.path.expanduser(value)))
+    return out
 
 
 def resume_command(cfg) -> str:

@@ -65,9 +65,12 @@ def read_tsv(path: Path, task: GlueTask, test: bool, text_columns: tuple[int, ..
 def _label(raw: str, label_ids: dict[str, int] | None, path, lineno: int, task: GlueTask) -> int | float:
     if label_ids is None:
         try:
-            return float(raw)
+            score = float(raw)
         except ValueError:
-            raise UserError(f"{path}:{lineno}: label {raw!r} is not a number (STS-B scores are 0-5)") from None
+            score = math.nan
+        if not 0.0 <= score <= 5.0:  # also refuses nan
+            raise UserError(f"{path}:{lineno}: label {raw!r} is not a similarity score; accepted: a number from 0 to 5")
+        return score
     if raw not in label_ids:
         raise UserError(f"{path}:{lineno}: unknown label {raw!r}; accepted: {', '.join(task.labels)}")
     return label_ids[raw]
@@ -95,6 +98,9 @@ def load_local(task: GlueTask, data_dir: str | os.PathLike, with_test: bool) -> 
                 continue
             raise UserError(f"data dir {str(root)!r} has no {path.relative_to(root)} for task {task.glue_name}")
         out[name] = read_tsv(path, task, test, split.text_columns if split else None)
+        if not out[name] and name != "train":  # an empty training set is refused by load_glue
+            raise UserError(f"{path} has no examples (only a header?); accepted: a {task.glue_name} "
+                            f"{'test' if test else 'dev'} file with at least one row")
     return out
 
 

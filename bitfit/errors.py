@@ -11,3 +11,10 @@ class RunStopped(RuntimeError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class EnvironmentFailure(RuntimeError):
+    """The machine, not the input, failed (a full disk, a read-only file system): exit status 74
+    (EX_IOERR), distinct from bad input's 2. Nothing was half-written."""
+
+    exit_code = 74

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -21,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .errors import UserError
+from .errors import EnvironmentFailure, UserError
 from .runlock import LOCK_FILE
 
 _UMASK = os.umask(0)
@@ -51,18 +52,35 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
     return stale
 
 
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it into place. On any failure the
+    temp file is removed and ``path`` is as it was; a full disk or read-only file system raises
+    ``EnvironmentFailure`` with one line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _failure(path, e) from None
     os.close(fd)
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _failure(path, e) from None
         raise
+
+
+def _failure(path: Path, e: OSError) -> Exception:
+    if e.errno in ENVIRONMENT_ERRNOS:
+        return EnvironmentFailure(f"cannot write {path}: {e.strerror} (it is left as it was; free space or "
+                                  "use another --output-path)")
+    return e
 
 
 def write_text(path: Path, text: str) -> None:
@@ -109,5 +127,5 @@ def environment() -> dict:
     return {
         "python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
         "datasets": datasets.__version__, "accelerate": accelerate.__version__,
-        "git_commit": commit, "git_dirty": dirty, "command": sys.argv,
+        "git_commit": commit, "git_dirty": dirty, "command": sys.argv, "cwd": os.getcwd(),
     }

@@ -42,11 +42,22 @@ def _from_pretrained(loader, source: str, name: str, **kw):
     """Cache first; then the hub if reachable; every failure becomes one clear line."""
     try:
         return _cache_then_hub(loader, source, name, **kw)
+    except UserError:
+        raise
     except ValueError as e:
         if "trust_remote_code" in str(e):
             raise UserError(f"model {name!r} ships its own code, which is not run by default; pass "
                             "--trust-remote-code if you trust it") from None
-        raise
+        raise UserError(_cannot_load(name, source, e)) from None
+    except Exception as e:  # a broken folder (config, weights) raises whatever its loader meets first
+        raise UserError(_cannot_load(name, source, e)) from None
+
+
+def _cannot_load(name: str, source: str, e: Exception) -> str:
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    where = "model folder" if Path(source).is_dir() else "model"
+    return (f"{where} {name!r} cannot be loaded ({type(e).__name__}: {first}); accepted: a Hugging Face model folder "
+            "with a valid config.json and its weights (model.safetensors or pytorch_model.bin), 'minilm', or a hub id")
 
 
 def _cache_then_hub(loader, source: str, name: str, **kw):

@@ -11,7 +11,7 @@ GLUE names them (``RTE.tsv``; ``MNLI-m.tsv``, ``MNLI-mm.tsv`` and ``AX.tsv`` fro
 zip gets exactly the GLUE file set, at its root: CoLA, SST-2, MRPC, STS-B, QQP, MNLI-m, MNLI-mm,
 QNLI, RTE, WNLI, AX. Before anything is written, every file is checked: the ``index<TAB>prediction``
 header; one row per test example (the row count, and the index column in order, of the test file
-in the data folder when it is there; GLUE's known counts otherwise); every label one the server
+in the data folder when it is there; GLUE's known counts and index order 0..n-1 otherwise); every label one the server
 accepts (label names; 0/1; STS-B scores in [0, 5]). A run that predicted only part of the test set
 (``--max-predict-samples``), an unfinished run, two runs for one task, or a missing task is refused
 with one line saying which; ``--allow-missing`` zips a partial set on purpose.
@@ -56,7 +56,7 @@ class Entry:
     file: str
     run: Path
     rows: int
-    expected_from: str  # the test file the rows were checked against, or "GLUE's known count"
+    expected_from: str  # the test file the rows were checked against, or "GLUE's known count and index order"
 
 
 def _run_task(run: Path) -> tuple[GlueTask, dict]:
@@ -76,7 +76,8 @@ def _expected(split: Split, task: GlueTask, file: str, data_dirs: list[Path]) ->
         if path.is_file():
             indices = [e.index for e in read_tsv(path, task, test=True, text_columns=split.text_columns)]
             return indices, len(indices), str(path)
-    return None, KNOWN_ROWS[file], "GLUE's known count"
+    count = KNOWN_ROWS[file]  # GLUE's test files number their rows 0 .. count-1, in order
+    return [str(i) for i in range(count)], count, "GLUE's known count and index order"
 
 
 def check_file(path: Path, task: GlueTask, indices: list[str] | None, count: int, source: str) -> int:

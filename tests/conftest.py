@@ -59,13 +59,13 @@ def tiny_config(arch: str = "bert", **kw):
     from transformers import BertConfig, RobertaConfig
 
     common = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-                  max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+                  max_position_embeddings=128, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     common.update(kw)
     if arch == "bert":
         return BertConfig(vocab_size=100, **common)
     if arch == "roberta":
         return RobertaConfig(vocab_size=300, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                             max_position_embeddings=70, **{k: v for k, v in common.items() if k != "max_position_embeddings"})
+                             max_position_embeddings=130, **{k: v for k, v in common.items() if k != "max_position_embeddings"})
     raise ValueError(arch)
 
 

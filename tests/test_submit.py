@@ -87,7 +87,7 @@ def test_row_counts_follow_the_test_files_or_glues_known_counts(tmp_path, test_d
     files, missing = collect([run], data_dir=str(test_dir))
     assert files["RTE.tsv"][1].rows == ROWS and files["RTE.tsv"][1].expected_from.endswith("RTE/test.tsv")
     assert len(missing) == 10
-    with pytest.raises(UserError, match=r"6 predictions, but the test set has 3000 rows \(GLUE's known count\)"):
+    with pytest.raises(UserError, match=r"6 predictions, but the test set has 3000 rows \(GLUE's known count and index order\)"):
         collect([run])  # no data dir anywhere: GLUE's own size
     short = fake_run(tmp_path / "short", "rte", rows=ROWS - 1)
     with pytest.raises(UserError, match="5 predictions, but the test set has 6 rows"):

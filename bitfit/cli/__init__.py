@@ -20,7 +20,7 @@ import argparse
 import importlib
 import sys
 
-from ..errors import RunStopped, UserError
+from ..errors import EnvironmentFailure, RunStopped, UserError
 
 COMMANDS: dict[str, str] = {  # name -> one-line description; the module is bitfit.cli.<name>
     "train": "fine-tune on a GLUE task under a fine-tune method (the same as python run_glue.py)",
@@ -76,6 +76,9 @@ def run_command(module, prog: str, description: str, argv: list[str]) -> int:
         return 2
     except RunStopped as e:
         print(f"{prog}: {e}", file=sys.stderr)
+        return e.exit_code
+    except EnvironmentFailure as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
 
 

@@ -136,6 +136,7 @@ def _eval_loader(su: Setup, split: str):
 def _resume(tr: Training) -> None:
     """Continue after the checkpoint's epoch: tensors, optimizer and schedule state, RNG states."""
     tr.st = checkpoint.load(tr.su.out)
+    checkpoint.check_params(tr.st, {n: p for n, p in tr.named.items() if p.requires_grad}, tr.su.out)
     with torch.no_grad():
         for n, t in tr.st.params.items():
             tr.named[n].copy_(t)
@@ -177,7 +178,10 @@ def _step(tr: Training, batch: dict, epoch: int) -> float:
         value = float(loss.detach())
         if not math.isfinite(value):
             stop(tr, "diverged", f"non-finite loss ({value}) at epoch {epoch}, step {tr.st.global_step + 1} with "
-                 f"learning rate {tr.scheduler.get_last_lr()[0]:g}; lower --learning-rate", exit_code=1)
+                 f"learning rate {tr.scheduler.get_last_lr()[0]:g}; lower --learning-rate"
+                 + (f" (or --weight-decay, now {cfg.weight_decay:g})" if cfg.weight_decay else "")
+                 + ("; fp16 overflows easily: try --precision bf16 or fp32" if cfg.precision == "fp16" else ""),
+                 exit_code=1)
         accelerator.backward(loss)
         if accelerator.sync_gradients and cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_(tr.params, cfg.max_grad_norm)

@@ -13,6 +13,7 @@ from .. import checkpoint, delta, io, policies
 from ..config import RunConfig
 from ..data import Encoded, EpochBatches, collator, encode, load_glue
 from ..devices import make_accelerator
+from ..errors import UserError
 from ..models import load_model, load_tokenizer, resolve_model
 from ..runlock import RunLock
 from ..tasks import GlueTask, get_task
@@ -91,9 +92,29 @@ def _prepare(cfg: RunConfig, lock: RunLock | None) -> Setup:
     model, new_params = load_model(cfg.model_name, task, cfg.trust_remote_code, cfg.attention_dropout)
     base_fp = delta.fingerprint(model, new_params)  # of the pretrained weights, before anything trains
     accelerator = make_accelerator(cfg)
+    check_lengths(cfg, model, tokenizer)
     encoded = {name: encode(ex, tokenizer, cfg.max_seq_length, task.is_regression) for name, ex in splits.items()}
     sel = policies.select(model, cfg, probe=make_probe(encoded["train"], collator(tokenizer), cfg))
     return Setup(cfg, task, splits, encoded, tokenizer, model, new_params, base_fp, sel, accelerator, out, lock)
+
+
+def positions(model, tokenizer) -> int:
+    """How many tokens the model takes: its position table (less RoBERTa's padding offset), or the
+    tokenizer's stated maximum if smaller."""
+    limit = getattr(model.config, "max_position_embeddings", None) or 1 << 30
+    padding_idx = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", None)
+    if padding_idx is not None and getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= padding_idx + 1  # RoBERTa's positions start after the padding index
+    stated = getattr(tokenizer, "model_max_length", None)
+    return min(limit, stated) if isinstance(stated, int) and stated < 1 << 30 else limit
+
+
+def check_lengths(cfg: RunConfig, model, tokenizer) -> None:
+    """Refuse a --max-seq-length above what the model takes (before anything is written)."""
+    limit = positions(model, tokenizer)
+    if cfg.max_seq_length > limit:
+        raise UserError(f"max seq length {cfg.max_seq_length} is above what model {cfg.model_name!r} takes "
+                        f"({limit} tokens); accepted: 8 to {limit}")
 
 
 def make_probe(train: Encoded, collate, cfg: RunConfig):
