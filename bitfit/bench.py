@@ -1,311 +1,457 @@
-"""Training-speed and memory benchmark: our regimes and two peers, side by side in one run.
+"""Training speed and memory: the fine-tune methods and two peers, side by side in one run.
 
-    python -m bitfit.bench --task rte --data-dir ../shared/glue_data --batch-size 32 --steps 20 --reps 3
+    python -m bitfit bench --task rte --data-dir ../shared/glue_data --batch-size 32 --steps 8 --reps 2
+    python -m bitfit bench --task rte --data-dir ../shared/glue_data --regimes full_ft bitfit --out docs/perf
 
-Each measurement runs in a fresh subprocess (so peak memory is its own), regimes alternate within
-every repetition, and the median of the repetitions is reported. Regimes:
+    from bitfit import bench
+    table = bench.run(bench.Settings(task="rte", data_dir="../shared/glue_data", regimes=["full_ft", "bitfit"]))
 
-  full_ft, bitfit, bitfit_qi, frozen   this tool: length-grouped batches padded per batch, foreach AdamW
-                                       over the trainable tensors only
-  bitfit_attn0                         bitfit with --attention-dropout 0 (PyTorch's fused attention in training)
-  full_ft_native, bitfit_native        full_ft / bitfit with --no-fast-cpu-ops (PyTorch's dropout and attention;
-                                       the same as full_ft / bitfit on a GPU)
-  bitfit_gc                            bitfit with --gradient-checkpointing
-  bitfit_compile                       bitfit with --compile (torch.compile, dynamic shapes; PyTorch's ops: the
-                                       compiler fuses dropout itself); compiling happens in the warm-up steps
-  hf_trainer                           transformers' Trainer with BitFit's parameters frozen, run_glue.py's
-                                       defaults (every example padded to --max-seq-length)
-  hf_trainer_best                      the same Trainer at its best: dynamic padding + group_by_length
-  original                             the original BitFit recipe: pad to 128, plain batches, Adam over
-                                       the trainable parameters, evaluate the training set every epoch
+Each measurement runs in a freshly spawned process (so peak memory is its own), regimes alternate
+within every repetition, and the median of the repetitions is reported. A regime (``REGIMES``) is a
+fine-tune method of ``bitfit.methods.METHODS`` (what trains, and its FLOP factor) with the RunConfig
+settings that vary it, trained by this tool's loop or by a peer's: transformers' ``Trainer`` (with
+run_glue.py's defaults, or at its best) or the original BitFit recipe.
 
 Reported: training samples/s, padded tokens/s, % of the arithmetic bound (forward ~2 FLOPs per
-non-embedding parameter per token; BitFit 2x that, full fine-tuning 3x, frozen 1x, measured against
-this device's fp32 matmul rate), peak memory (process RSS on CPU, max_memory_allocated on GPU),
-the saved checkpoint's size, and the time of one epoch of the task (training, plus evaluating the
-training set for the original recipe, plus the dev set) computed from the measured rates.
+non-embedding parameter per token, times the method's ``flop_factor``, against this device's fp32
+matmul rate), peak memory (process RSS on CPU, ``max_memory_allocated`` on GPU), the saved
+checkpoint's size, and the time of one epoch of the task (training, plus evaluating the training set
+for the original recipe, plus the dev set) computed from the measured rates. Output: ``<name>.md``,
+``.json`` and ``.png`` under ``--out`` (default ``bench/``; the docs' tables live in ``docs/perf``).
+Torch is imported only where a measurement needs it, so the command's ``-h`` stays fast.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
+import logging
 import os
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
+from typing import Callable
 
-REGIMES = ("full_ft", "bitfit", "bitfit_qi", "bitfit_attn0", "frozen", "full_ft_native", "bitfit_native", "bitfit_gc",
-           "bitfit_compile", "hf_trainer", "hf_trainer_best", "original")
-OURS = ("full_ft", "bitfit", "bitfit_qi", "bitfit_attn0", "frozen", "full_ft_native", "bitfit_native", "bitfit_gc",
-        "bitfit_compile")
-POLICY = {"full_ft": ("full_ft", None), "bitfit": ("bitfit", None), "bitfit_qi": ("bitfit", ["query", "intermediate"]),
-          "bitfit_attn0": ("bitfit", None), "full_ft_native": ("full_ft", None), "bitfit_native": ("bitfit", None),
-          "bitfit_gc": ("bitfit", None), "bitfit_compile": ("bitfit", None),
-          "frozen": ("frozen", None), "hf_trainer": ("bitfit", None), "hf_trainer_best": ("bitfit", None),
-          "original": ("bitfit", None)}
-# passes of forward-sized matmul work per step: full fine-tuning 3 (forward, input and weight gradients),
-# frozen 1 (the head's backward is negligible), every BitFit-like regime 2 (no weight gradients)
-FLOP_FACTOR = {r: {"full_ft": 3, "frozen": 1}.get(POLICY[r][0], 2) for r in REGIMES}
+from .config import RunConfig, default_data_dir, ints, setting
+from .errors import UserError
+from .methods import get_method
+from .tasks import get_task
+
+log = logging.getLogger("bitfit")
+
+WARM = 3  # untimed warm-up steps before the timed ones (torch.compile compiles here)
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One way of training that the bench times."""
+
+    method: str  # a bitfit.methods.METHODS name: what trains, and the FLOP factor
+    about: str  # one line, for -h
+    settings: dict = field(default_factory=dict)  # RunConfig fields that make this variant of the method
+    peer: str = ""  # "": this tool's loop; "trainer": transformers' Trainer; "original": the original BitFit recipe
+    pad: bool = False  # batches padded to --max-seq-length, not length-grouped (the peers' defaults)
+
+    @property
+    def flop_factor(self) -> int:
+        return get_method(self.method).flop_factor
+
+
+REGIMES: dict[str, Regime] = {
+    "full_ft": Regime("full_ft", "full fine-tuning, this tool's loop (batches padded per batch, foreach AdamW)"),
+    "bitfit": Regime("bitfit", "BitFit, this tool's loop"),
+    "bitfit_qi": Regime("bitfit", "BitFit, query + intermediate biases", {"bias_terms": ["query", "intermediate"]}),
+    "bitfit_attn0": Regime("bitfit", "BitFit with --attention-dropout 0", {"attention_dropout": 0.0}),
+    "frozen": Regime("frozen", "only the head trains"),
+    "full_ft_native": Regime("full_ft", "full_ft with --no-fast-cpu-ops (PyTorch's dropout and attention)",
+                             {"fast_cpu_ops": False}),
+    "bitfit_native": Regime("bitfit", "bitfit with --no-fast-cpu-ops", {"fast_cpu_ops": False}),
+    "bitfit_gc": Regime("bitfit", "bitfit with --gradient-checkpointing", {"gradient_checkpointing": True}),
+    "bitfit_compile": Regime("bitfit", "bitfit with --compile (PyTorch's ops; compiled in the warm-up steps)",
+                             {"compile": True}),
+    "hf_trainer": Regime("bitfit", "transformers' Trainer, BitFit's parameters, run_glue.py's defaults "
+                         "(every example padded to --max-seq-length)", peer="trainer", pad=True),
+    "hf_trainer_best": Regime("bitfit", "the same Trainer at its best (dynamic padding, group_by_length)",
+                              peer="trainer"),
+    "original": Regime("bitfit", "the original BitFit recipe (pad to --max-seq-length, plain batches, Adam, "
+                       "evaluate the training set every epoch)", peer="original", pad=True),
+}
+
+
+@dataclass
+class Settings:
+    """What to measure and where to write it; ``python -m bitfit bench`` makes its flags from these fields."""
+
+    task: str = setting("rte", "GLUE task whose training data is used")
+    model: str = setting("minilm", "model name or folder (see run_glue.py -m)")
+    random_init: bool = setting(False, "random weights of the model's shape (speed only)")
+    data_dir: str | None = setting(None, "GLUE TSV folder (default: $GLUE_DIR)")
+    max_train_samples: int | None = setting(None, "draw timed batches from the first N training examples "
+                                            "(the epoch estimate still counts them all)", check=ints(1))
+    batch_size: int = setting(32, "training batch size", check=ints(1))
+    eval_batch_size: int = setting(64, "evaluation batch size", check=ints(1))
+    steps: int = setting(20, f"timed training steps per measurement (after {WARM} warm-up)", check=ints(1))
+    reps: int = setting(3, "repetitions (regimes alternate within each)", check=ints(1))
+    max_seq_length: int = setting(128, "truncation / the peers' fixed padding length", check=ints(1))
+    pad_all: bool = setting(False, "pad every regime's batches to --max-seq-length (fixed shapes, e.g. for "
+                            "memory at length 128)")
+    device: str = setting("auto", "cpu, cuda, cuda:N, or auto (the first GPU if there is one, else the CPU)")
+    regimes: list[str] | None = setting(None, "what to measure (default: all)", choices=tuple(REGIMES),
+                                        metavar="REGIME")
+    out: str = setting("bench", "folder for the Markdown table, JSON and PNG", "-o")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            check, value = f.metadata.get("check"), getattr(self, f.name)
+            if check is not None and value is not None and not check.ok(value):
+                raise UserError(f"{f.name.replace('_', ' ')} {value!r} is out of range; accepted: {check.accepted}")
+        for name in self.regimes or ():
+            if name not in REGIMES:
+                raise UserError(f"unknown regime {name!r}; accepted: {', '.join(REGIMES)}")
+        self.task = get_task(self.task).name
+        if self.data_dir is None:
+            self.data_dir = default_data_dir()
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.regimes or REGIMES)
+
+
+def _sync(device) -> None:
+    """Wait for ``device``'s queued work (a no-op on the CPU): timings end when the work does."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def matmul_gflops(device: str, seconds: float = 2.0) -> float:
-    """This device's fp32 matmul rate on transformer-shaped products (tokens x 384/768 x 4 times that)."""
+    """This device's fp32 matmul rate on a transformer-shaped product (4096 tokens x 768 -> 3072)."""
     import torch
 
     a = torch.randn(4096, 768, device=device)
     b = torch.randn(768, 3072, device=device)
     for _ in range(3):
         a @ b
+    _sync(device)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         a @ b
         n += 1
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    _sync(device)
     return 2 * 4096 * 768 * 3072 * n / (time.perf_counter() - t0) / 1e9
 
 
-# ----------------------------------------------------------------------------- one measurement (child)
+def side_by_side(cases: dict[str, Callable[[], object]], reps: int = 5, seconds: float = 0.5) -> dict[str, list[float]]:
+    """Seconds per call of each case, one value per repetition; the cases alternate within every
+    repetition, so compare them repetition by repetition (a machine that slows down mid-run slows
+    the cases of one repetition alike). Only ratios of the results mean anything."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for fn in cases.values():
+        fn()  # warm-up
+    for rep in range(reps):
+        for name in _alternate(list(cases), rep):
+            n, t0 = 0, time.perf_counter()
+            while (elapsed := time.perf_counter() - t0) < seconds:
+                cases[name]()
+                n += 1
+            times[name].append(elapsed / n)
+    return times
 
 
-def _model_and_data(args, regime: str):
+def _alternate(names: list[str], rep: int) -> list[str]:
+    return names if rep % 2 == 0 else names[::-1]
+
+
+# ----------------------------------------------------------------------------- one measurement
+
+
+@dataclass
+class Prepared:
+    """A model set up for one regime, as training would set it up, with the task's data encoded."""
+
+    cfg: RunConfig
+    task: object
+    tokenizer: object
+    model: object
+    selection: object
+    new_params: list[str]  # what load_model initialised (the head): saved in the delta
+    train: object  # Encoded: the first --max-train-samples examples
+    dev: object  # Encoded: the main dev split
+    n_train: int  # the whole training set, for the epoch estimate
+
+
+def prepare(s: Settings, name: str, device) -> Prepared:
+    """Load, select and apply regime ``name``'s method on ``device``, with the fast CPU ops and
+    gradient checkpointing as training switches them on (peers get neither)."""
     import torch
 
-    from . import policies
-    from .config import RunConfig
+    from . import fastops, policies
     from .data import encode, load_glue
     from .models import load_model, load_tokenizer
-    from .tasks import get_task
 
+    regime = REGIMES[name]
     torch.manual_seed(0)
-    task = get_task(args.task)
-    splits = load_glue(task, args.data_dir)
-    tok = load_tokenizer(args.model)
-    model, fresh = load_model(args.model, task, attention_dropout=0.0 if regime == "bitfit_attn0" else None)
-    if args.random_init:  # speed does not depend on the weights: a random model of the same shape
+    cfg = RunConfig(output_path="-", task_name=s.task, model_name=s.model, fine_tune_type=regime.method,
+                    max_seq_length=s.max_seq_length, data_dir=s.data_dir, **regime.settings)
+    task = get_task(cfg.task_name)
+    splits = load_glue(task, cfg.data_dir)
+    tok = load_tokenizer(cfg.model_name)
+    model, new_params = load_model(cfg.model_name, task, attention_dropout=cfg.attention_dropout)
+    if s.random_init:  # speed does not depend on the weights: a random model of the same shape
         model = type(model)(model.config)
-    policy, terms = POLICY[regime]
-    cfg = RunConfig(output_path="-", task_name=task.name, fine_tune_type=policy, bias_terms=terms)
     sel = policies.select(model, cfg)
     policies.apply(model, sel)
-    # the timed batches come from the first examples; the epoch estimate uses the whole training set
-    train = encode(splits["train"][:args.max_train_samples], tok, args.max_seq_length, task.is_regression)
-    dev = encode(splits[task.main_dev_split], tok, args.max_seq_length, task.is_regression)
-    return task, tok, model, sel, fresh, train, dev, len(splits["train"])
+    model.to(device)
+    if not regime.peer and cfg.fast_cpu_ops and not cfg.compile and torch.device(device).type == "cpu":
+        fastops.install(model)
+    if cfg.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    train = encode(splits["train"][:s.max_train_samples], tok, s.max_seq_length, task.is_regression)
+    dev = encode(splits[task.main_dev_split], tok, s.max_seq_length, task.is_regression)
+    return Prepared(cfg, task, tok, model, sel, new_params, train, dev, len(splits["train"]))
 
 
-def _batches(train, tok, batch_size: int, steps: int, pad_to: int | None, grouped: bool):
+def batches(data, tokenizer, batch_size: int, n: int, pad_to: int | None, grouped: bool) -> list[dict]:
+    """The first ``n`` batches of epoch 1, as training draws them (length-grouped if ``grouped``),
+    padded per batch, or to ``pad_to``."""
     from transformers import DataCollatorWithPadding
 
-    from .data import EpochBatches
+    from .data import EpochBatches, collator
 
-    collate = DataCollatorWithPadding(tok, padding="max_length" if pad_to else True, max_length=pad_to)
-    sampler = EpochBatches(len(train), batch_size, seed=0, lengths=train.lengths() if grouped else None)
+    collate = DataCollatorWithPadding(tokenizer, padding="max_length", max_length=pad_to) if pad_to \
+        else collator(tokenizer)
+    sampler = EpochBatches(len(data), batch_size, seed=0, lengths=data.lengths() if grouped else None)
     sampler.set_epoch(1)
     out = []
     for idx in sampler:
-        out.append(collate([train[i] for i in idx]))
-        if len(out) == steps:
+        out.append(collate([data[i] for i in idx]))
+        if len(out) == n:
             break
     return out
 
 
-def _peak_mb(device) -> float:
+def train_batches(s: Settings, p: Prepared, name: str) -> list[dict]:
+    """The warm-up and timed batches of regime ``name``."""
+    pad = REGIMES[name].pad
+    return batches(p.train, p.tokenizer, s.batch_size, WARM + s.steps,
+                   s.max_seq_length if pad or s.pad_all else None, grouped=not pad)
+
+
+def measure(s: Settings, name: str) -> dict:
+    """Train ``s.steps`` steps (after WARM warm-up steps) under regime ``name`` in this process, then
+    evaluate a few dev batches and save a checkpoint. Peak memory is the process's: call it through
+    ``measure_in_fresh_process``."""
+    import torch
+
+    from .devices import peak_memory_mb
+    from .logs import setup_logging
+
+    setup_logging(False)
+    regime, device = REGIMES[name], torch.device(s.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # plain "cuda" (the Trainer's device) now means this one
+    p = prepare(s, name, device)
+    train = train_batches(s, p, name)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    baseline = _memory_now_mb(device)
+    seconds = (_trainer_seconds if regime.peer == "trainer" else _loop_seconds)(p, regime, train, device)
+    peak = peak_memory_mb(device)  # less the baseline: what training itself added
+    dev = batches(p.dev, p.tokenizer, s.eval_batch_size, 4, s.max_seq_length if regime.pad else None, grouped=False)
+    eval_rate = _eval_rate(p.model, dev, device)
+    timed = train[WARM:]
+    samples = sum(b["input_ids"].shape[0] for b in timed)
+    evaluated = len(p.dev) + (p.n_train if regime.peer == "original" else 0)  # the original evaluates train too
+    return {"regime": name, "pid": os.getpid(), "samples_per_s": samples / seconds,
+            "tokens_per_s": sum(b["input_ids"].numel() for b in timed) / seconds,
+            "peak_mb": peak, "training_mb": peak - baseline, "checkpoint_bytes": _checkpoint_bytes(p, regime),
+            "eval_samples_per_s": eval_rate, "epoch_seconds": p.n_train * seconds / samples + evaluated / eval_rate,
+            "non_embedding_params": sum(t.numel() for n, t in p.model.named_parameters() if "embeddings" not in n)}
+
+
+def measure_in_fresh_process(s: Settings, name: str) -> dict:
+    """``measure`` in a newly spawned Python process (nothing inherited: its peak memory is its own)."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        try:
+            return pool.submit(measure, s, name).result()
+        except Exception as e:
+            e.add_note(f"(while measuring regime {name!r} in a child process)")
+            raise
+
+
+def _memory_now_mb(device) -> float:
     import torch
 
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _rss_now_mb() -> float:
+        return torch.cuda.memory_allocated(device) / 2**20
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _eval_rate(model, batches, device) -> float:
+def _loop_seconds(p: Prepared, regime: Regime, train: list[dict], device) -> float:
+    """Seconds for the timed batches in a plain loop: this tool's (foreach/fused AdamW) or the original's (Adam)."""
+    import torch
+
+    params = [t for t in p.model.parameters() if t.requires_grad]
+    if regime.peer == "original":
+        opt = torch.optim.Adam(params, lr=1e-4)
+    else:
+        opt = torch.optim.AdamW(params, lr=1e-4, foreach=device.type != "cuda", fused=device.type == "cuda")
+    forward = torch.compile(p.model, dynamic=True) if p.cfg.compile else p.model
+    p.model.train()
+    for i, b in enumerate(train):
+        if i == WARM:
+            _sync(device)
+            t0 = time.perf_counter()
+        forward(**{k: v.to(device) for k, v in b.items()}).loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _trainer_seconds(p: Prepared, regime: Regime, train: list[dict], device) -> float:
+    """Seconds for the timed batches under transformers' Trainer (its own loop, optimizer and clipping)."""
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == WARM:
+                _sync(device)
+                self.t0 = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kw):
+            _sync(device)
+            self.seconds = time.perf_counter() - self.t0
+
+    class Fixed(torch.utils.data.Dataset):  # one pre-collated batch per item: the exact batches of the others
+        def __len__(self):
+            return len(train)
+
+        def __getitem__(self, i):
+            return train[i]
+
+    class InOrder(Trainer):  # the same batches in the same order as the other regimes (Trainer shuffles)
+        def _get_train_sampler(self, *args, **kwargs):
+            return torch.utils.data.SequentialSampler(self.train_dataset)
+
+    timer = Timer()
+    with tempfile.TemporaryDirectory() as tmp:
+        targs = TrainingArguments(output_dir=tmp, per_device_train_batch_size=1, max_steps=len(train),
+                                  learning_rate=1e-4, report_to=[], save_strategy="no", eval_strategy="no",
+                                  logging_strategy="no", dataloader_num_workers=0, use_cpu=device.type == "cpu",
+                                  disable_tqdm=True)
+        InOrder(model=p.model, args=targs, train_dataset=Fixed(), data_collator=lambda items: items[0],
+                callbacks=[timer]).train()
+    return timer.seconds
+
+
+def _eval_rate(model, dev: list[dict], device) -> float:
     import torch
 
     model.eval()
     n, t0 = 0, time.perf_counter()
     with torch.inference_mode():
-        for b in batches:
+        for b in dev:
             model(**{k: v.to(device) for k, v in b.items()})
             n += b["input_ids"].shape[0]
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    _sync(device)
     model.train()
     return n / (time.perf_counter() - t0)
 
 
-def measure(args, regime: str) -> dict:
-    """Train ``args.steps`` steps (after 3 warm-up steps) under ``regime``; this runs in a child process."""
+def _checkpoint_bytes(p: Prepared, regime: Regime) -> int:
+    """The size of what each regime saves: this tool's delta file as training writes it, the original's
+    pickled model, the Trainer's model folder."""
     import torch
 
-    from . import fastops, policies
-    from .logs import setup_logging
+    from . import delta
 
-    setup_logging(False)
-    device = torch.device(args.device)
-    task, tok, model, sel, fresh, train, dev, n_train = _model_and_data(args, regime)
-    model.to(device)
-    if regime in OURS and not regime.endswith(("_native", "_compile")) and device.type == "cpu":
-        fastops.install(model)  # what run_glue.py does on the CPU (--fast-cpu-ops, the default)
-    if regime == "bitfit_gc":
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    forward = torch.compile(model, dynamic=True) if regime == "bitfit_compile" else model
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    warm = 3
-    ours = regime in OURS
-    pad_to = None if (ours or regime == "hf_trainer_best") and not args.pad_all else args.max_seq_length
-    batches = _batches(train, tok, args.batch_size, warm + args.steps, pad_to, grouped=regime not in ("hf_trainer", "original"))
-    baseline = _rss_now_mb() if device.type == "cpu" else torch.cuda.memory_allocated(device) / 2**20
-    tokens = sum(b["input_ids"].numel() for b in batches[warm:])
-    samples = sum(b["input_ids"].shape[0] for b in batches[warm:])
-    if regime.startswith("hf_trainer"):
-        seconds = _trainer_seconds(args, model, batches, warm, tok)
-    else:
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = (torch.optim.AdamW(params, lr=1e-4, foreach=device.type != "cuda", fused=device.type == "cuda") if ours
-               else torch.optim.Adam(params, lr=1e-4))
-        model.train()
-        for i, b in enumerate(batches):
-            if i == warm:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-            loss = forward(**{k: v.to(device) for k, v in b.items()}).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-    peak = _peak_mb(device)  # the process's peak; less the baseline: what training itself added
-    eval_pad = args.max_seq_length if regime in ("hf_trainer", "original") else None
-    eval_batches = _batches(dev, tok, args.eval_batch_size, 4, eval_pad, grouped=False)
-    eval_rate = _eval_rate(model, eval_batches, device)
     with tempfile.TemporaryDirectory() as tmp:
-        if ours:
-            from safetensors.torch import save_file
-
-            tensors = policies.delta_tensors(model, sel) | {n: t.detach().cpu().contiguous()
-                                                            for n, t in model.state_dict().items() if n in fresh}
-            save_file(tensors, f"{tmp}/delta.safetensors")
-            size = os.path.getsize(f"{tmp}/delta.safetensors")
-        elif regime == "original":
-            torch.save(model, f"{tmp}/model.pt")  # the original pickled the whole model into its evaluator
-            size = os.path.getsize(f"{tmp}/model.pt")
+        if not regime.peer:
+            path = Path(tmp, "delta.safetensors")
+            delta.save(path, p.model, p.selection, p.new_params, p.cfg, p.task, epoch=0, base_fp="bench")
+        elif regime.peer == "original":
+            path = Path(tmp, "model.pt")
+            torch.save(p.model, path)  # the original pickled the whole model into its evaluator
         else:
-            model.save_pretrained(tmp)
-            size = os.path.getsize(f"{tmp}/model.safetensors")
-    n_dev = len(dev)
-    epoch_seconds = n_train / (samples / seconds) + n_dev / eval_rate + (n_train / eval_rate if regime == "original" else 0)
-    return {"regime": regime, "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
-            "peak_mb": peak, "training_mb": peak - baseline, "checkpoint_bytes": size, "eval_samples_per_s": eval_rate,
-            "epoch_seconds": epoch_seconds, "non_embedding_params": _non_embedding(model)}
+            p.model.save_pretrained(tmp)
+            path = Path(tmp, "model.safetensors")
+        return path.stat().st_size
 
 
-def _non_embedding(model) -> int:
-    return sum(p.numel() for n, p in model.named_parameters() if "embeddings" not in n)
+# ----------------------------------------------------------------------------- the driver and its report
 
 
-def _trainer_seconds(args, model, batches, warm: int, tok) -> float:
-    """Time transformers' Trainer over the same batches (its own loop, optimizer and clipping)."""
-    import torch
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+def run(s: Settings, command: str = "") -> str:
+    """Measure every regime ``s.reps`` times, each in a fresh process, regimes alternating; write
+    ``<name>.md``, ``.json`` and ``.png`` under ``s.out``; return the Markdown (table and ratios).
+    ``command`` (the command line that repeats this run) goes into the table's header."""
+    from .devices import resolve_device
 
-    class Timer(TrainerCallback):
-        def on_step_begin(self, a, state, control, **kw):
-            if state.global_step == warm:
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                self.t0 = time.perf_counter()
-
-        def on_train_end(self, a, state, control, **kw):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.seconds = time.perf_counter() - self.t0
-
-    class Fixed(torch.utils.data.Dataset):  # one pre-collated batch per item: the exact batches timed above
-        def __len__(self):
-            return len(batches)
-
-        def __getitem__(self, i):
-            return batches[i]
-
-    timer = Timer()
-    targs = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=1, max_steps=len(batches),
-                              learning_rate=1e-4, report_to=[], save_strategy="no", eval_strategy="no",
-                              logging_strategy="no", dataloader_num_workers=0, use_cpu=args.device == "cpu",
-                              disable_tqdm=True)
-    class InOrder(Trainer):  # the same batches in the same order as the other regimes (Trainer shuffles)
-        def _get_train_sampler(self, *args, **kwargs):
-            return torch.utils.data.SequentialSampler(self.train_dataset)
-
-    trainer = InOrder(model=model, args=targs, train_dataset=Fixed(), data_collator=lambda items: items[0],
-                      callbacks=[timer])
-    trainer.train()
-    return timer.seconds
+    s = dataclasses.replace(s, device=resolve_device(s.device))
+    gflops = matmul_gflops(s.device)
+    log.info("fp32 matmul rate on %s: %.1f GFLOP/s", s.device, gflops)
+    rows = []
+    for rep in range(s.reps):
+        for name in _alternate(s.names, rep):
+            rows.append(measure_in_fresh_process(s, name))
+            log.info("rep %d %s: %.1f samples/s, peak %.0f MB", rep + 1, name, rows[-1]["samples_per_s"],
+                     rows[-1]["peak_mb"])
+    summary = summarize(rows, gflops)
+    device_name = _device_name(s.device)
+    header = (f"### {s.task}, {s.model}{' (random init)' if s.random_init else ''}, batch {s.batch_size}, "
+              f"{device_name}\n\nMedian of {s.reps} repetitions of {s.steps} timed steps; fp32 matmul rate "
+              f"{gflops:.0f} GFLOP/s." + (f" Command: `{command}`" if command else ""))
+    text = markdown(summary, header) + "\n" + "".join(f"- {line}\n" for line in ratios(summary))
+    out, name = Path(s.out), report_name(s)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.md").write_text(text)
+    (out / f"{name}.json").write_text(json.dumps({"gflops": gflops, "device": device_name, "command": command,
+                                                  "rows": rows, "summary": summary}, indent=2))
+    plot(summary, out / f"{name}.png", header.splitlines()[0].lstrip("# "))
+    log.info("wrote %s", out / f"{name}.md")
+    return text
 
 
-# ----------------------------------------------------------------------------- the driver
-
-
-def run_child(args, regime: str) -> dict:
-    cmd = [sys.executable, "-m", "bitfit.bench", "--child", regime] + _forward(args)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{regime} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def _forward(args) -> list[str]:
-    out = ["--task", args.task, "--model", args.model, "--batch-size", str(args.batch_size), "--steps", str(args.steps),
-           "--max-seq-length", str(args.max_seq_length), "--eval-batch-size", str(args.eval_batch_size),
-           "--device", args.device]
-    if args.data_dir:
-        out += ["--data-dir", args.data_dir]
-    if args.random_init:
-        out += ["--random-init"]
-    if args.max_train_samples:
-        out += ["--max-train-samples", str(args.max_train_samples)]
-    if args.pad_all:
-        out += ["--pad-all"]
-    return out
+def report_name(s: Settings) -> str:
+    """``bench_rte_minilm_cpu_b32``, ``bench_rte_bert-base_random_cpu_b8_pad128``: the files' stem."""
+    return (f"bench_{s.task}_{Path(s.model).name}{'_random' if s.random_init else ''}_{s.device.split(':')[0]}"
+            f"_b{s.batch_size}{f'_pad{s.max_seq_length}' if s.pad_all else ''}")
 
 
 def summarize(rows: list[dict], gflops: float) -> dict[str, dict]:
+    """Per regime: the median of each measured value over the repetitions, and % of the arithmetic bound."""
     out = {}
-    for regime in dict.fromkeys(r["regime"] for r in rows):
-        rs = [r for r in rows if r["regime"] == regime]
-        med = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k != "regime"}
-        flops = FLOP_FACTOR[regime] * 2 * med["non_embedding_params"] * med["tokens_per_s"]
+    for name in dict.fromkeys(r["regime"] for r in rows):
+        rs = [r for r in rows if r["regime"] == name]
+        med = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k not in ("regime", "pid")}
+        flops = REGIMES[name].flop_factor * 2 * med["non_embedding_params"] * med["tokens_per_s"]
         med["percent_of_bound"] = 100 * flops / (gflops * 1e9)
         med["reps"] = len(rs)
-        out[regime] = med
+        out[name] = med
     return out
 
 
 def markdown(summary: dict[str, dict], header: str) -> str:
     base = summary.get("full_ft")
-    lines = [header, "", "| regime | samples/s | x full_ft | tokens/s | % of bound | peak MB | x full_ft | added by training MB | x full_ft | checkpoint | epoch s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for regime, m in summary.items():
+    lines = [header, "", "| regime | samples/s | x full_ft | tokens/s | % of bound | peak MB | x full_ft | "
+             "added by training MB | x full_ft | checkpoint | epoch s |", "|---|" + "---:|" * 10]
+    for name, m in summary.items():
         speed = f"{m['samples_per_s'] / base['samples_per_s']:.2f}" if base else "-"
         mem = f"{m['peak_mb'] / base['peak_mb']:.2f}" if base else "-"
         added = f"{m['training_mb'] / base['training_mb']:.2f}" if base and base["training_mb"] > 0 else "-"
-        lines.append(f"| {regime} | {m['samples_per_s']:.1f} | {speed} | {m['tokens_per_s']:.0f} | "
+        lines.append(f"| {name} | {m['samples_per_s']:.1f} | {speed} | {m['tokens_per_s']:.0f} | "
                      f"{m['percent_of_bound']:.0f}% | {m['peak_mb']:.0f} | {mem} | {m['training_mb']:.0f} | {added} | "
-                     f"{_size(m['checkpoint_bytes'])} | "
-                     f"{m['epoch_seconds']:.0f} |")
+                     f"{_size(m['checkpoint_bytes'])} | {m['epoch_seconds']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -313,24 +459,22 @@ def _size(n: float) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 1024:.0f} KiB"
 
 
+RATIOS = (  # (label, regime, against, measured value)
+    ("bitfit vs full_ft, speed", "bitfit", "full_ft", "samples_per_s"),
+    ("bitfit vs full_ft, peak memory", "bitfit", "full_ft", "peak_mb"),
+    ("bitfit vs bitfit_native (--no-fast-cpu-ops), speed", "bitfit", "bitfit_native", "samples_per_s"),
+    ("bitfit vs hf_trainer (run_glue defaults), speed", "bitfit", "hf_trainer", "samples_per_s"),
+    ("bitfit vs hf_trainer_best, speed", "bitfit", "hf_trainer_best", "samples_per_s"),
+    ("bitfit vs original recipe, speed", "bitfit", "original", "samples_per_s"),
+    ("bitfit with attention dropout 0 vs bitfit, speed", "bitfit_attn0", "bitfit", "samples_per_s"),
+    ("original recipe vs bitfit, epoch time", "original", "bitfit", "epoch_seconds"),
+)
+
+
 def ratios(summary: dict[str, dict]) -> list[str]:
-    s = summary
-    out = []
-
-    def r(a, b, key="samples_per_s"):
-        if a in s and b in s:
-            return s[a][key] / s[b][key]
-
-    pairs = [("bitfit vs full_ft, speed", r("bitfit", "full_ft")), ("bitfit vs full_ft, peak memory", r("bitfit", "full_ft", "peak_mb")),
-             ("bitfit vs hf_trainer (run_glue defaults), speed", r("bitfit", "hf_trainer")),
-             ("bitfit vs hf_trainer_best, speed", r("bitfit", "hf_trainer_best")),
-             ("bitfit vs original recipe, speed", r("bitfit", "original")),
-             ("bitfit with attention dropout 0 vs bitfit, speed", r("bitfit_attn0", "bitfit")),
-             ("original recipe vs bitfit, epoch time", r("original", "bitfit", "epoch_seconds"))]
-    for name, value in pairs:
-        if value is not None:
-            out.append(f"{name}: {value:.2f}x")
-    return out
+    """The side-by-side ratios the docs cite, for the regimes this run measured."""
+    return [f"{label}: {summary[a][key] / summary[b][key]:.2f}x" for label, a, b, key in RATIOS
+            if a in summary and b in summary]
 
 
 def plot(summary: dict[str, dict], path: Path, title: str) -> None:
@@ -343,70 +487,13 @@ def plot(summary: dict[str, dict], path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, key, label in zip(axes, ("samples_per_s", "peak_mb", "epoch_seconds"),
                               ("training samples/s", "peak memory (MB)", "epoch time (s)")):
-        ax.bar(names, [summary[n][key] for n in names], color=["C0" if n in POLICY and not n.startswith(("hf", "orig")) else "C1" for n in names])
+        ax.bar(names, [summary[n][key] for n in names], color=["C1" if REGIMES[n].peer else "C0" for n in names])
         ax.set_title(label)
         ax.tick_params(axis="x", rotation=45)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bitfit.bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--task", default="rte", help="GLUE task whose training data is used")
-    p.add_argument("--model", default="minilm", help="model name or folder (see run_glue.py -m)")
-    p.add_argument("--random-init", action="store_true", help="random weights of the model's shape (speed only)")
-    p.add_argument("--data-dir", default=os.environ.get("GLUE_DIR"), help="GLUE TSV folder")
-    p.add_argument("--max-train-samples", type=int, default=None, help="draw timed batches from the first N examples")
-    p.add_argument("--batch-size", type=int, default=32, help="training batch size")
-    p.add_argument("--eval-batch-size", type=int, default=64, help="evaluation batch size")
-    p.add_argument("--steps", type=int, default=20, help="timed training steps per measurement (after 3 warm-up)")
-    p.add_argument("--reps", type=int, default=3, help="repetitions (regimes alternate within each)")
-    p.add_argument("--max-seq-length", type=int, default=128, help="truncation / the peers' fixed padding length")
-    p.add_argument("--pad-all", action="store_true",
-                   help="pad every regime's batches to --max-seq-length (fixed shapes, e.g. for memory at length 128)")
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu", help="cpu or cuda[:N]")
-    p.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=REGIMES, help="what to measure")
-    p.add_argument("--out", default="docs/perf", help="folder for the Markdown table, JSON and PNG")
-    p.add_argument("--child", choices=REGIMES, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.child:
-        print(json.dumps(measure(args, args.child)))
-        return 0
-    gflops = matmul_gflops(args.device)
-    print(f"fp32 matmul rate on {args.device}: {gflops:.1f} GFLOP/s", flush=True)
-    rows = []
-    for rep in range(args.reps):
-        order = args.regimes if rep % 2 == 0 else list(reversed(args.regimes))
-        for regime in order:
-            row = run_child(args, regime)
-            rows.append(row)
-            print(f"rep {rep + 1} {regime}: {row['samples_per_s']:.1f} samples/s, peak {row['peak_mb']:.0f} MB", flush=True)
-    summary = summarize(rows, gflops)
-    device_name = _device_name(args.device)
-    name = (f"bench_{args.task}_{Path(args.model).name}{'_random' if args.random_init else ''}_{args.device.split(':')[0]}"
-            f"_b{args.batch_size}{f'_pad{args.max_seq_length}' if args.pad_all else ''}")
-    header = (f"### {args.task}, {args.model}{' (random init)' if args.random_init else ''}, batch {args.batch_size}, "
-              f"{device_name}\n\nMedian of {args.reps} repetitions of {args.steps} timed steps; fp32 matmul rate "
-              f"{gflops:.0f} GFLOP/s. Command: `python -m bitfit.bench {' '.join(argv if argv is not None else sys.argv[1:])}`")
-    table = markdown(summary, header)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.md").write_text(table + "\n" + "\n".join(f"- {line}" for line in ratios(summary)) + "\n")
-    (out / f"{name}.json").write_text(json.dumps({"gflops": gflops, "device": device_name, "rows": rows,
-                                                  "summary": summary}, indent=2))
-    plot(summary, out / f"{name}.png", header.splitlines()[0].lstrip("# "))
-    print(table)
-    print("\n".join(ratios(summary)))
-    return 0
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _device_name(device: str) -> str:
@@ -417,7 +504,3 @@ def _device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,8 @@
 """Faster, lighter dropout and attention for training on the CPU.
 
-Profiling a BitFit step of MiniLM on this project's CPU (batch 32, RTE) put 19% of the time in
-`aten::bernoulli_`: PyTorch draws every dropout decision as its own 32-bit Mersenne-twister number.
+Profiling a BitFit step of MiniLM on this project's CPU (batch 32, RTE) put about a fifth of the time
+in `aten::bernoulli_` (`python -m scripts.perf_profile`, docs/PERFORMANCE.md): PyTorch draws every
+dropout decision as its own 32-bit Mersenne-twister number.
 And with attention dropout on, `scaled_dot_product_attention` leaves its fused kernel for the math
 path, which keeps the attention probabilities, the dropout mask and the dropped probabilities of
 every layer for the backward pass, plus masking work (`isneginf`, `all`, `where`) around them.
@@ -9,7 +10,7 @@ every layer for the backward pass, plus masking work (`isneginf`, `all`, `where`
 This module replaces both, on the CPU and in training only:
 
 - `keep_mask` draws 64 random bits at a time and reads them as four 16-bit numbers, so one draw
-  decides four elements (5x faster here). The drop probability is rounded to a multiple of 1/65536
+  decides four elements (about 4x faster here: `python -m scripts.perf_kernels dropout`). The drop probability is rounded to a multiple of 1/65536
   (0.1 becomes 0.100006), from the same seeded generator as before.
 - `FastDropout` is `nn.Dropout` with that mask, keeping a 1-byte mask for backward.
 - `attention` computes softmax(QK^T * scale + mask), dropout, times V in one autograd function that
