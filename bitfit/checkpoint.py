@@ -217,7 +217,8 @@ def check_resumable(cfg, out: Path) -> None:
     """--resume: the folder holds a checkpoint of a run with the same settings."""
     state = read_state(out)
     if state.status != INTERRUPTED:
-        why = ("the run is already complete" if state.status == COMPLETE else "no run there" if state.status == NEW
+        why = ("the run is already complete" if state.status == COMPLETE
+               else "no config.json (no run there: start it without --resume)" if state.status == NEW
                else state.reason)
         raise UserError(f"nothing to resume in {str(out)!r}: {why}")
     cwd = (state.saved or {}).get("environment", {}).get("cwd") or os.getcwd()  # where the run was started

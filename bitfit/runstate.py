@@ -117,6 +117,9 @@ def _read_files(path: Path) -> RunState:
             return RunState(path, DIVERGED, f"diverged: {results.get('message', 'non-finite loss')}", **kw)
         if status not in ("interrupted", None):
             return RunState(path, BROKEN, f"results.json has status {status!r}", **kw)
+    if isinstance(ckpt, str):
+        return RunState(path, BROKEN, f"{CHECKPOINT_STATE} is {ckpt}; it cannot be resumed (start it again with "
+                                      "--overwrite)", **kw)
     if epoch:
         return RunState(path, INTERRUPTED, f"interrupted after epoch {epoch}{of} (or still running): "
                                            "continue it with --resume", **kw)

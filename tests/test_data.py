@@ -100,12 +100,43 @@ def test_hub_unreachable_fails_fast_with_advice(monkeypatch):
         load_glue(get_task("rte"), None)
 
 
-def test_hub_reachability_check_is_quick():
+def test_hub_reachability_is_a_quick_tcp_check(monkeypatch):
+    """Answers True for a listening endpoint, False for a refused one and, within its timeout, for a silent one."""
+    import socket
     import time
 
-    t = time.perf_counter()
-    data.hub_reachable(timeout=2.0)
-    assert time.perf_counter() - t < 5
+    from huggingface_hub import constants
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: connecting is refused
+    held = []
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+        assert data.hub_reachable(timeout=2.0) is True
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed_port}")
+        assert data.hub_reachable(timeout=2.0) is False
+
+        for _ in range(8):  # fill the listen backlog: further connects get no answer at all
+            try:
+                held.append(socket.create_connection(("127.0.0.1", port), timeout=0.2))
+            except OSError:
+                break
+        else:
+            pytest.skip("this system answers every connect; cannot make a silent endpoint")
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+        t = time.perf_counter()
+        assert data.hub_reachable(timeout=0.5) is False
+        assert time.perf_counter() - t < 3  # gives up at its timeout instead of the OS's minute of retries
+    finally:
+        for s in held:
+            s.close()
+        server.close()
 
 
 def test_encode_tokenizes_pairs_without_padding(tmp_path):
@@ -114,7 +145,7 @@ def test_encode_tokenizes_pairs_without_padding(tmp_path):
     enc = encode(exs, tok, max_length=6, regression=False)
     assert enc.lengths() == [5, 6]  # [CLS] the [SEP] good [SEP]; the second is truncated to 6
     assert enc[0]["labels"] == 1 and enc[1]["token_type_ids"][-1] == 1
-    from bitfit.train import collator
+    from bitfit.data import collator
 
     batch = collator(tok)([enc[0], enc[1]])
     assert batch["input_ids"].shape == (2, 6)  # padded to the longest in the batch, not to max_seq_length

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -17,7 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bitfit import checkpoint, train
+from bitfit import checkpoint, run
+from bitfit.training import setup as training_setup
 from bitfit.config import RunConfig
 from bitfit.data import read_tsv
 from bitfit.errors import RunStopped, UserError
@@ -53,12 +55,15 @@ def cfg(out, model, data, **kw) -> RunConfig:
 def interrupt_at(monkeypatch, step: int, signum=signal.SIGINT):
     """Fault injection: behave as if a signal arrived right after global step ``step``."""
 
-    def poll(self, global_step):
-        if global_step == step:
+    calls = {"n": 0}
+
+    def requested(self):  # the loop asks once per batch; with no accumulation, batch k ends global step k
+        calls["n"] += 1
+        if calls["n"] == step:
             self.signum = signum
         return self.signum is not None
 
-    monkeypatch.setattr(checkpoint.Interrupt, "poll", poll)
+    monkeypatch.setattr(checkpoint.Interrupt, "requested", requested)
 
 
 def strip_times(rows):
@@ -69,20 +74,21 @@ def strip_times(rows):
 def test_interrupted_then_resumed_equals_uninterrupted_bit_for_bit(policy, tmp_path, dropout_model_dir, glue_dir,
                                                                    monkeypatch):
     kw = {"fine_tune_type": policy, **({"rand_budget": 300} if policy == "rand_uniform" else {})}
-    whole = train.run(cfg(tmp_path / "whole", dropout_model_dir, glue_dir, **kw))
+    whole = run(cfg(tmp_path / "whole", dropout_model_dir, glue_dir, **kw))
 
     interrupt_at(monkeypatch, step=8)  # 6 steps per epoch: in the middle of epoch 2
     with pytest.raises(RunStopped) as stop:
-        train.run(cfg(tmp_path / "cut", dropout_model_dir, glue_dir, **kw))
-    assert stop.value.exit_code == 130 and "SIGINT during epoch 2" in str(stop.value) and "--resume" in str(stop.value) or \
-        "resume=True" in str(stop.value)
+        run(cfg(tmp_path / "cut", dropout_model_dir, glue_dir, **kw))
+    assert stop.value.exit_code == 130
+    assert "SIGINT during epoch 2" in str(stop.value)
+    assert "--resume" in str(stop.value) or "resume=True" in str(stop.value)
     results = json.loads((tmp_path / "cut" / "results.json").read_text())
     assert results["status"] == "interrupted" and results["completed_epochs"] == 1 and "resume_command" in results
     assert json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())["epoch"] == 1
     assert not (tmp_path / "cut" / "delta.safetensors").exists()
 
     monkeypatch.undo()
-    resumed = train.run(cfg(tmp_path / "cut", dropout_model_dir, glue_dir, resume=True, **kw))
+    resumed = run(cfg(tmp_path / "cut", dropout_model_dir, glue_dir, resume=True, **kw))
     assert strip_times(read_jsonl(tmp_path / "cut" / "metrics.jsonl")) == strip_times(read_jsonl(tmp_path / "whole" / "metrics.jsonl"))
     a, b = load_file(tmp_path / "whole" / "delta.safetensors"), load_file(tmp_path / "cut" / "delta.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -92,7 +98,7 @@ def test_interrupted_then_resumed_equals_uninterrupted_bit_for_bit(policy, tmp_p
 
 def test_non_finite_loss_stops_with_step_and_lr_and_keeps_last_good_epoch(tmp_path, dropout_model_dir, glue_dir,
                                                                           monkeypatch):
-    real_load_model = train.load_model
+    real_load_model = training_setup.load_model
     calls = {"n": 0}
 
     def poisoned(*args, **kw):
@@ -108,9 +114,9 @@ def test_non_finite_loss_stops_with_step_and_lr_and_keeps_last_good_epoch(tmp_pa
         model.register_forward_hook(hook)
         return model, fresh
 
-    monkeypatch.setattr(train, "load_model", poisoned)
+    monkeypatch.setattr(training_setup, "load_model", poisoned)
     with pytest.raises(RunStopped) as stop:
-        train.run(cfg(tmp_path / "run", dropout_model_dir, glue_dir, fine_tune_type="bitfit", scheduler="constant",
+        run(cfg(tmp_path / "run", dropout_model_dir, glue_dir, fine_tune_type="bitfit", scheduler="constant",
                       warmup_ratio=0.0))
     assert stop.value.exit_code == 1
     assert "non-finite loss (nan) at epoch 2, step 9 with learning rate 0.001; lower --learning-rate" in str(stop.value)
@@ -125,7 +131,7 @@ def interrupted_run(tmp_path, dropout_model_dir, glue_dir, monkeypatch):
     interrupt_at(monkeypatch, step=8)
     c = cfg(tmp_path / "run", dropout_model_dir, glue_dir, fine_tune_type="bitfit")
     with pytest.raises(RunStopped):
-        train.run(c)
+        run(c)
     monkeypatch.undo()
     return c
 
@@ -150,14 +156,14 @@ def test_damaged_checkpoint_is_refused(damage, message, interrupted_run):
     else:
         (folder / "state.json").write_text("{not json")
     with pytest.raises(UserError, match=re.escape(message)):
-        train.run(RunConfig(**(interrupted_run.to_dict() | {"resume": True})))
+        run(RunConfig(**(interrupted_run.to_dict() | {"resume": True})))
 
 
 def test_resume_refuses_other_settings_and_missing_checkpoints(interrupted_run, tmp_path):
     with pytest.raises(UserError, match=r"--resume with learning_rate=0.01 but the run was started with learning_rate=0.001"):
-        train.run(RunConfig(**(interrupted_run.to_dict() | {"resume": True, "learning_rate": 0.01})))
+        run(RunConfig(**(interrupted_run.to_dict() | {"resume": True, "learning_rate": 0.01})))
     with pytest.raises(UserError, match=r"nothing to resume in .*: no config.json"):
-        train.run(RunConfig(**(interrupted_run.to_dict() | {"resume": True, "output_path": str(tmp_path / "new")})))
+        run(RunConfig(**(interrupted_run.to_dict() | {"resume": True, "output_path": str(tmp_path / "new")})))
 
 
 def test_run_written_before_fast_cpu_ops_resumes_only_with_pytorchs_ops(interrupted_run):
@@ -168,8 +174,8 @@ def test_run_written_before_fast_cpu_ops_resumes_only_with_pytorchs_ops(interrup
     del saved["config"]["fast_cpu_ops"]
     path.write_text(json.dumps(saved))
     with pytest.raises(UserError, match=r"--resume with fast_cpu_ops=True but the run was started with fast_cpu_ops=False"):
-        train.run(RunConfig(**(interrupted_run.to_dict() | {"resume": True})))
-    done = train.run(RunConfig(**(interrupted_run.to_dict() | {"resume": True, "fast_cpu_ops": False})))
+        run(RunConfig(**(interrupted_run.to_dict() | {"resume": True})))
+    done = run(RunConfig(**(interrupted_run.to_dict() | {"resume": True, "fast_cpu_ops": False})))
     assert done["status"] == "complete"
 
 
@@ -240,11 +246,77 @@ def test_stray_quotes_and_blank_lines_are_read_as_glue_reads_them(tmp_path):
 # ----------------------------------------------------------------------------- pickles and remote code
 
 
-def test_no_code_path_loads_a_pickle():
-    sources = {p: p.read_text() for p in (REPO / "bitfit").glob("*.py")} | {REPO / "run_glue.py": (REPO / "run_glue.py").read_text()}
-    for path, text in sources.items():
-        for pattern in ("pickle.load", "torch.load(", "pickle.Unpickler", "joblib.load", "dill.load"):
-            assert pattern not in text, f"{path.name} uses {pattern}"
+class _Bomb:
+    """Unpickling this creates a file: proof that a pickle was loaded, by whatever route it was read."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def _plant(path: Path, marker: Path, fmt: str) -> None:
+    """Put a pickle under a name the tool reads: raw (pickle.load, legacy torch.load) or torch.save's zip."""
+    path.unlink(missing_ok=True)
+    payload = {"classifier.bias": _Bomb(marker)}
+    if fmt == "pickle":
+        path.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, path)
+
+
+@pytest.mark.parametrize("fmt", ["pickle", "torch.save"])
+def test_pickled_checkpoint_or_delta_is_refused_without_being_unpickled(fmt, tmp_path, interrupted_run, tiny_bert_dir,
+                                                                        glue_dir):
+    """Where the tool reads tensors it reads safetensors only: a pickle there is refused, never loaded."""
+    import hashlib
+
+    marker = tmp_path / "unpickled"
+    folder = Path(interrupted_run.output_path) / "checkpoint"
+    meta = json.loads((folder / "state.json").read_text())
+    for key, name in meta["files"].items():  # recorded hashes updated, so only the format can stop it
+        _plant(folder / name, marker, fmt)
+        meta["sha256"][key] = hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    (folder / "state.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="is unreadable.*refusing to resume"):
+        run(RunConfig(**(interrupted_run.to_dict() | {"resume": True})))
+    assert not marker.exists()
+
+    run_dir = tmp_path / "done"
+    run(cfg(run_dir, tiny_bert_dir, glue_dir, fine_tune_type="bitfit", epochs=1))
+    _plant(run_dir / "delta.safetensors", marker, fmt)
+    from bitfit import delta
+    from bitfit.serve import Backbone
+
+    with pytest.raises(UserError, match="not a safetensors file"):
+        delta.read(run_dir)
+    with pytest.raises(UserError, match="not a safetensors file"):
+        delta.merge(run_dir, tmp_path / "merged")
+    with pytest.raises(UserError, match="not a safetensors file"):
+        Backbone(str(tiny_bert_dir)).add("rte", run_dir)
+    assert not marker.exists() and not (tmp_path / "merged").exists()
+
+
+@pytest.fixture(params=["pickle", "torch.save"])
+def pickled_model_dir(request, tmp_path, tiny_bert_dir) -> tuple[Path, Path]:
+    """A model folder whose weights are a pickle (pytorch_model.bin) instead of model.safetensors."""
+    model, marker = tmp_path / "pickled_model", tmp_path / "unpickled"
+    shutil.copytree(tiny_bert_dir, model)
+    (model / "model.safetensors").unlink()
+    _plant(model / "pytorch_model.bin", marker, request.param)
+    return model, marker
+
+
+def test_pickled_model_weights_are_refused_on_one_line_and_never_unpickled(pickled_model_dir, tmp_path, glue_dir,
+                                                                          capsys):
+    model, marker = pickled_model_dir
+    import run_glue
+
+    rc = run_glue.main(["-t", "rte", "-m", str(model), "--data-dir", str(glue_dir), "-o", str(tmp_path / "out"), "--no-verbose"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and str(model) in err, err
+    assert not marker.exists() and not (tmp_path / "out").exists()
 
 
 def test_remote_code_is_not_run_unless_asked(tmp_path, tiny_bert_dir, glue_dir, capsys):
@@ -294,7 +366,7 @@ def test_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path, 
 def test_truncated_or_modified_delta_is_refused(tmp_path, tiny_bert_dir, glue_dir):
     from bitfit import delta
 
-    train.run(cfg(tmp_path / "run", tiny_bert_dir, glue_dir, fine_tune_type="bitfit", epochs=1))
+    run(cfg(tmp_path / "run", tiny_bert_dir, glue_dir, fine_tune_type="bitfit", epochs=1))
     path = tmp_path / "run" / "delta.safetensors"
     raw = path.read_bytes()
     delta.read(path)  # intact: reads

@@ -11,7 +11,10 @@ import torch
 
 from bitfit.config import RunConfig
 from bitfit.errors import UserError
-from bitfit.train import EpochBatches, make_scheduler, run
+from bitfit import run
+from bitfit.data import EpochBatches
+from bitfit.delta import apply_tensors
+from bitfit.training.optim import make_scheduler
 from conftest import WORDS
 from test_cli import make_glue_dir, read_jsonl
 
@@ -75,13 +78,29 @@ def test_grad_accum_equals_the_larger_batch(tmp_path, tiny_bert_dir):
     assert big["best_main_metric"] == acc["best_main_metric"]
 
 
-def test_bf16_autocast_runs_on_cpu_and_keeps_trainable_params_fp32(tmp_path, tiny_bert_dir):
+def test_bf16_autocast_runs_on_cpu_and_keeps_trainable_params_fp32(tmp_path, tiny_bert_dir, monkeypatch):
+    """The training matmuls run in bf16 (so --precision was not ignored) while what trains stays fp32."""
+    seen = {"outputs": set(), "trainable": set(), "calls": 0}
+    linear_forward = torch.nn.Linear.forward
+
+    def watched(self, x):
+        out = linear_forward(self, x)
+        if self.training and torch.is_grad_enabled():  # training steps only, not evaluation
+            seen["calls"] += 1
+            seen["outputs"].add(out.dtype)
+            seen["trainable"] |= {p.dtype for p in self.parameters() if p.requires_grad}
+        return out
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", watched)
     data = make_glue_dir(tmp_path / "glue")
     run(cfg(tmp_path / "run", tiny_bert_dir, data, precision="bf16", fine_tune_type="bitfit"))
+    assert seen["calls"] > 0, "no nn.Linear ran in a training step: the hook watched nothing"
+    assert seen["outputs"] == {torch.bfloat16}, f"training matmul outputs were {seen['outputs']}, not bf16 autocast"
+    assert seen["trainable"] == {torch.float32}
     from safetensors.torch import load_file
 
     delta = load_file(tmp_path / "run" / "delta.safetensors")
-    assert all(t.dtype == torch.float32 for t in delta.values())
+    assert delta and all(t.dtype == torch.float32 for t in delta.values())
 
 
 def test_fp16_without_a_gpu_is_refused_before_writing(tmp_path, tiny_bert_dir):
@@ -149,7 +168,6 @@ def test_every_policy_runs_end_to_end_and_its_delta_rebuilds_the_model(case, tmp
     """Train, then rebuild the best model from base + delta alone: same dev predictions as the run."""
     from safetensors.torch import load_file
 
-    from bitfit import policies
     from bitfit.models import load_model
     from bitfit.tasks import get_task
 
@@ -166,10 +184,10 @@ def test_every_policy_runs_end_to_end_and_its_delta_rebuilds_the_model(case, tmp
         assert any("auto" in note for note in config["policy_notes"])
 
     model, _ = load_model(str(tiny_bert_dir), get_task("rte"))
-    policies.load_delta(model, load_file(tmp_path / "run" / "delta.safetensors"))
+    apply_tensors(model, load_file(tmp_path / "run" / "delta.safetensors"))
     from bitfit.data import encode, load_glue
     from bitfit.models import load_tokenizer
-    from bitfit.train import collator
+    from bitfit.data import collator
 
     tok = load_tokenizer(str(tiny_bert_dir))
     dev = encode(load_glue(get_task("rte"), str(data))["dev"], tok, 128, False)
@@ -191,7 +209,7 @@ def test_dynamic_padding_computes_what_padding_to_max_length_computes(tiny_bert_
     order differs between the two recipes."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
 
-    from bitfit.train import collator
+    from bitfit.data import collator
 
     tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, hidden_dropout_prob=0.0,
