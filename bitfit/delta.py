@@ -439,6 +439,16 @@ def merge(d: Delta | str | os.PathLike, out: str | os.PathLike, base: str | None
     out = Path(out)
     io.check_output_folder(str(out), overwrite)
     model, tokenizer = load(d, base, trust_remote_code)
+    try:
+        _write_merged(d, model, tokenizer, out, base)
+    except OSError as e:  # a full disk or read-only file system: one line, exit 74; nothing half-moved in
+        raise io.environment_failure(out, e) from None
+    log.info("merged %s (%s, %s) onto %s -> %s", d.path, d.task.glue_name, d.policy, base or d.base_model, out)
+    return out
+
+
+def _write_merged(d: Delta, model, tokenizer, out: Path, base: str | None) -> None:
+    """Weights, config, tokenizer and provenance into a temp folder beside ``out``, then moved in."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -454,8 +464,6 @@ def merge(d: Delta | str | os.PathLike, out: str | os.PathLike, base: str | None
                 os.replace(f, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("merged %s (%s, %s) onto %s -> %s", d.path, d.task.glue_name, d.policy, base or d.base_model, out)
-    return out
 
 
 # public names (bitfit.read_delta, ...)

@@ -63,7 +63,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise _failure(path, e) from None
+        raise environment_failure(path, e) from None
     os.close(fd)
     try:
         write(Path(tmp))
@@ -72,11 +72,12 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise _failure(path, e) from None
+            raise environment_failure(path, e) from None
         raise
 
 
-def _failure(path: Path, e: OSError) -> Exception:
+def environment_failure(path: Path, e: OSError) -> Exception:
+    """``EnvironmentFailure`` (one line, exit 74) for a full disk or read-only file system; else ``e`` itself."""
     if e.errno in ENVIRONMENT_ERRNOS:
         return EnvironmentFailure(f"cannot write {path}: {e.strerror} (it is left as it was; free space or "
                                   "use another --output-path)")

@@ -445,3 +445,15 @@ def test_the_lock_file_is_ignored_by_readers(tmp_path):
     (tmp_path / "run" / LOCK_FILE).write_text("123\n")
     assert read_state(tmp_path / "run").status == "new"
     io.check_output_folder(str(tmp_path / "run"), overwrite=False)  # empty but for the lock: accepted
+
+
+def test_a_full_disk_during_merge_is_one_line_and_leaves_no_folder(tmp_path, good_delta, monkeypatch):
+    from transformers import PreTrainedModel
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    with pytest.raises(EnvironmentFailure, match="No space left on device"):
+        delta.merge(good_delta, tmp_path / "merged")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output folder, no temp folder

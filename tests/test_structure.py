@@ -100,3 +100,14 @@ def test_every_command_is_a_module_of_the_command_layer():
     for name in COMMANDS:
         module = importlib.import_module(f"bitfit.cli.{name}")
         assert callable(module.build_parser) and callable(module.cli), name
+
+
+def test_the_public_api_resolves_without_loading_torch_until_used():
+    import subprocess
+    import sys
+
+    code = ("import sys, bitfit; assert 'torch' not in sys.modules; "
+            "[getattr(bitfit, n) for n in bitfit.__all__]; print(len(bitfit.__all__))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) >= 15
