@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from . import io
 from .config import RESUMABLE_CHANGES
 from .errors import UserError
-from .runstate import COMPLETE, INTERRUPTED, NEW, read_state
+from .runstate import COMPLETE, INTERRUPTED, NEW, STOPPED, read_state
 
 FORMAT = "bitfit-checkpoint/2"  # /2: the scheduler state is saved (/1 replayed it)
 FOLDER = "checkpoint"
@@ -216,7 +216,7 @@ BEFORE_FIELD = {"fast_cpu_ops": False}
 def check_resumable(cfg, out: Path) -> None:
     """--resume: the folder holds a checkpoint of a run with the same settings."""
     state = read_state(out)
-    if state.status != INTERRUPTED:
+    if state.status not in (INTERRUPTED, STOPPED):
         why = ("the run is already complete" if state.status == COMPLETE
                else "no config.json (no run there: start it without --resume)" if state.status == NEW
                else state.reason)

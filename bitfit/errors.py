@@ -13,6 +13,11 @@ class RunStopped(RuntimeError):
         self.exit_code = exit_code
 
 
+class StopEarly(Exception):
+    """Raised by an ``on_epoch`` callback (a sweep's early-stopping scheduler) to end a run after the
+    epoch it was told about: the run is marked "stopped" (never complete) and keeps its checkpoint."""
+
+
 class EnvironmentFailure(RuntimeError):
     """The machine, not the input, failed (a full disk, a read-only file system): exit status 74
     (EX_IOERR), distinct from bad input's 2. Nothing was half-written."""

@@ -2,7 +2,7 @@
 
     from bitfit.runstate import read_state
     st = read_state("runs/rte")
-    st.status        # "new" | "complete" | "interrupted" | "diverged" | "broken"
+    st.status        # "new" | "complete" | "interrupted" | "diverged" | "stopped" | "broken"
     st.reason        # one line for people: why, and what to do
     st.config        # config.json's "config" (the run's settings), or None
     st.results       # results.json, or None
@@ -15,6 +15,8 @@
 - ``interrupted``: a checkpoint of a complete epoch is there and the run did not finish (stopped by
   a signal, killed, or still running); continue it with ``--resume``.
 - ``diverged``: the loss became non-finite; results.json says where. Retrying needs other settings.
+- ``stopped``: stopped early on purpose (a sweep's ``--early-stop``), after the epoch results.json
+  names; never counted as complete; ``--resume`` trains the remaining epochs.
 - ``broken``: anything else (unreadable files, stopped before its first epoch's checkpoint, not a
   run folder); start it again with ``--overwrite``.
 
@@ -35,8 +37,8 @@ from pathlib import Path
 
 from .runlock import LOCK_FILE, holder
 
-NEW, COMPLETE, INTERRUPTED, DIVERGED, BROKEN = "new", "complete", "interrupted", "diverged", "broken"
-STATUSES = (NEW, COMPLETE, INTERRUPTED, DIVERGED, BROKEN)
+NEW, COMPLETE, INTERRUPTED, DIVERGED, BROKEN, STOPPED = "new", "complete", "interrupted", "diverged", "broken", "stopped"
+STATUSES = (NEW, COMPLETE, INTERRUPTED, DIVERGED, BROKEN, STOPPED)
 CHECKPOINT_STATE = Path("checkpoint") / "state.json"
 
 
@@ -53,7 +55,7 @@ class RunState:
 
     @property
     def resumable(self) -> bool:
-        return self.status == INTERRUPTED
+        return self.status in (INTERRUPTED, STOPPED)
 
 
 def _json(path: Path) -> dict | None | str:
@@ -115,6 +117,9 @@ def _read_files(path: Path) -> RunState:
             return RunState(path, COMPLETE, f"complete: best epoch {results.get('best_epoch')}", **kw)
         if status == "diverged":
             return RunState(path, DIVERGED, f"diverged: {results.get('message', 'non-finite loss')}", **kw)
+        if status == "stopped" and epoch:
+            return RunState(path, STOPPED, f"{results.get('message', 'stopped early')} (not complete: "
+                                           "--resume trains the remaining epochs)", **kw)
         if status not in ("interrupted", None):
             return RunState(path, BROKEN, f"results.json has status {status!r}", **kw)
     if isinstance(ckpt, str):

@@ -29,7 +29,7 @@ COMMANDS: dict[str, str] = {  # name -> one-line description; the module is bitf
     "submit": "collect runs' test predictions into a GLUE submission zip, checked",
     "report": "the paper's tables and figures from a tree of run folders",
     "bench": "training speed and memory of the methods and two peers, side by side",
-    "state": "the state of run folders: new, complete, interrupted, diverged or broken",
+    "state": "the state of run folders: new, complete, interrupted, diverged, stopped or broken",
 }
 
 

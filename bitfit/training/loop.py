@@ -16,6 +16,7 @@ import math
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -24,7 +25,7 @@ from .. import checkpoint, delta, fastops, io, policies
 from ..config import RunConfig
 from ..data import EpochBatches, collator
 from ..devices import peak_memory_mb
-from ..errors import RunStopped
+from ..errors import RunStopped, StopEarly
 from ..logs import setup_logging
 from ..metrics import compute_metrics
 from ..plots import plot_learning_curves
@@ -63,11 +64,18 @@ class Training:
         return self.su.accelerator
 
 
-def run(cfg: RunConfig) -> dict:
+EpochCallback = Callable[[dict], None]
+
+
+def run(cfg: RunConfig, on_epoch: EpochCallback | None = None) -> dict:
     """Fine-tune, evaluate every epoch, write the run folder; returns results.json's content.
 
-    Raises ``RunStopped`` (after writing results.json with status "interrupted" or "diverged" and
-    keeping the last complete epoch's checkpoint) on SIGINT/SIGTERM or a non-finite loss.
+    ``on_epoch`` (main process) is called after every epoch's checkpoint with ``{"epoch", "rows",
+    "main_metric", "main"}`` (a sweep reports it to Tune); it may raise ``StopEarly``.
+
+    Raises ``RunStopped`` (after writing results.json with status "interrupted", "diverged" or
+    "stopped" and keeping the last complete epoch's checkpoint) on SIGINT/SIGTERM, a non-finite loss,
+    or ``StopEarly``.
     """
     setup_logging(cfg.verbose)
     started = time.time()
@@ -80,10 +88,22 @@ def run(cfg: RunConfig) -> dict:
                 loss_sum, seen, seconds = epoch_totals(tr, *train_epoch(tr, epoch, interrupt))
                 rows = evaluate(tr, epoch, loss_sum, seen, seconds)
                 end_epoch(tr, epoch, rows, seen, seconds)
+                _call_back(tr, on_epoch, epoch, rows)
         return finish(tr)
     finally:
         if su.lock is not None:
             su.lock.release()
+
+
+def _call_back(tr: Training, on_epoch: EpochCallback | None, epoch: int, rows: list[dict]) -> None:
+    if on_epoch is None or not tr.accelerator.is_main_process:
+        return
+    task = tr.su.task
+    main = next(r for r in rows if r["split"] == task.main_dev_split)[task.main_metric]
+    try:
+        on_epoch({"epoch": epoch, "rows": rows, "main_metric": task.main_metric, "main": main})
+    except StopEarly as e:
+        stop(tr, "stopped", f"stopped early after epoch {epoch} of {tr.cfg.epochs}: {e}", exit_code=0)
 
 
 def start(su: Setup, started: float) -> Training:
