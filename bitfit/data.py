@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-
+import numpy as np
 import torch
 
 from . import tsv
@@ -229,3 +229,25 @@ class EpochBatches(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return math.ceil(self.n / self.batch_size)
+
+
+@dataclass
+class SortedLoader:
+    """A (prepared) loader over a split reordered longest first; ``order[k]`` is the split index of item k."""
+
+    loader: object
+    order: np.ndarray
+
+    def restore(self, values: np.ndarray) -> np.ndarray:
+        """Values in loader order -> the split's own order."""
+        out = np.empty_like(values)
+        out[self.order] = values
+        return out
+
+
+def sorted_loader(encoded, batch_size: int, collate, prepare=None) -> SortedLoader:
+    """Batches of similar length (longest first, ties in split order); ``prepare``: accelerate's."""
+    order = np.array(sorted(range(len(encoded)), key=lambda i: -len(encoded.features[i]["input_ids"])), dtype=np.int64)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(encoded, order.tolist()), batch_size=batch_size,
+                                         collate_fn=collate)
+    return SortedLoader(prepare(loader) if prepare else loader, order)

@@ -38,3 +38,18 @@ def compute_metrics(names: Sequence[str], preds, labels) -> dict[str, float]:
     """
     preds, labels = np.asarray(preds), np.asarray(labels)
     return {name: METRICS[name](preds, labels) for name in names}
+
+
+def baseline(task, labels) -> dict:
+    """The trivial reference of a split: what always giving one answer scores on it.
+
+    Classification: the majority class of these labels (``{"answer": label name, metric: value}``;
+    accuracy and F1 of always answering it, MCC 0). Regression (STS-B): a constant prediction, which
+    has no correlation: Pearson and Spearman 0 (``"answer": "constant"``).
+    """
+    labels = np.asarray(labels)
+    if task.is_regression:
+        return {"answer": "constant"} | {m: 0.0 for m in task.metrics}
+    majority = int(np.bincount(labels.astype(int), minlength=task.num_labels).argmax())
+    preds = np.full_like(labels, majority)
+    return {"answer": task.labels[majority]} | compute_metrics(task.metrics, preds, labels)

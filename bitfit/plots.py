@@ -7,7 +7,9 @@ from pathlib import Path
 from .io import atomic_write
 
 
-def plot_learning_curves(history: list[dict], metrics: tuple[str, ...], path: Path, title: str) -> None:
+def plot_learning_curves(history: list[dict], metrics: tuple[str, ...], path: Path, title: str,
+                         baselines: dict | None = None) -> None:
+    """Loss per split, and each split's metrics with its trivial baseline as a dashed line of the same colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,9 +25,13 @@ def plot_learning_curves(history: list[dict], metrics: tuple[str, ...], path: Pa
         if split != "train" or any(m in rows[0] for m in metrics):
             for m in metrics:
                 if m in rows[0]:
-                    ax_metric.plot(epochs, [r[m] for r in rows], marker="o", label=f"{split} {m}")
+                    line, = ax_metric.plot(epochs, [r[m] for r in rows], marker="o", label=f"{split} {m}")
+                    base = (baselines or {}).get(split, {})
+                    if m in base:
+                        ax_metric.axhline(base[m], color=line.get_color(), linestyle="--", linewidth=1,
+                                          label=f"{split} {m}: {_answer(base)}")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_metric.set(xlabel="epoch", ylabel="metric", title="dev metrics")
+    ax_metric.set(xlabel="epoch", ylabel="metric", title="dev metrics (dashed: trivial baseline)")
     from matplotlib.ticker import MaxNLocator
 
     for ax in (ax_loss, ax_metric):
@@ -36,3 +42,7 @@ def plot_learning_curves(history: list[dict], metrics: tuple[str, ...], path: Pa
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
+
+
+def _answer(base: dict) -> str:
+    return "constant prediction" if base.get("answer") == "constant" else f"always {base.get('answer')!r}"

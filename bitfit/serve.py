@@ -34,10 +34,11 @@ import torch
 
 from . import delta as deltas
 from . import tsv
-from .data import Example, collator, encode
+from .data import Example, collator, encode, sorted_loader
 from .errors import UserError
 from .models import load_model, load_tokenizer
 from .policies import head_names
+from .progress import progress
 from .submit import format_prediction
 from .tasks import GlueTask, get_task
 
@@ -100,6 +101,7 @@ class Backbone:
         self.tasks: dict[str, _Task] = {}
         self.active: str | None = None
         self.switches: list[tuple[str | None, str | None, float]] = []  # (from, to, seconds)
+        self.show_progress = False  # log prediction progress (the predict command turns it on)
         self.load_seconds = time.perf_counter() - t0
 
     @classmethod
@@ -213,16 +215,17 @@ class Backbone:
             raise UserError(f"task {t.task.glue_name} takes {len(t.task.test_text_columns)} text(s) per example; "
                             f"got {len(examples[0].texts)}")
         encoded = encode(examples, self.tokenizer, max_seq_length or config.get("max_seq_length", 128), t.task.is_regression)
-        loader = torch.utils.data.DataLoader(encoded, batch_size=batch_size or config.get("eval_batch_size", 64),
-                                             collate_fn=collator(self.tokenizer))
+        data = sorted_loader(encoded, batch_size or config.get("eval_batch_size", 64), collator(self.tokenizer))
         precision = config.get("precision", "fp32")
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         out = []
-        for batch in loader:
+        for batch in progress(data.loader, f"predicting {name}", enabled=self.show_progress):
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
                 out.append(self.model(**batch).logits.float().cpu())
-        return torch.cat(out) if out else torch.zeros(0, t.task.num_labels)
+        if not out:
+            return torch.zeros(0, t.task.num_labels)
+        return torch.from_numpy(data.restore(torch.cat(out).numpy()))
 
     def predict(self, name: str, texts, batch_size: int | None = None, max_seq_length: int | None = None,
                 probs: bool = True) -> list[Prediction]:

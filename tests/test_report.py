@@ -29,6 +29,15 @@ from test_cli import make_glue_dir, run_cli
 # Run folders written by hand: exact numbers, no training
 
 
+BASELINES = {  # what always giving the majority answer scores on the real dev sets (metrics.baseline)
+    "rte": {"answer": "entailment", "accuracy": 0.5270758122743683},
+    "mrpc": {"answer": "1", "f1": 0.8122270742358079, "accuracy": 0.6838235294117647},
+    "stsb": {"answer": "constant", "pearson": 0.0, "spearmanr": 0.0},
+    "cola": {"answer": "1", "mcc": 0.0, "accuracy": 0.6912751677852349},
+    "sst2": {"answer": "1", "accuracy": 0.5091743119266054},
+}
+
+
 def fake_run(root: Path, name: str, task: str = "rte", lr: float = 1e-3, seed: int = 0, main: float = 0.5,
              status: str | None = "complete", train_size: int = 100, results: bool = True, **cfg) -> Path:
     """A run folder as bitfit.train writes it, with ``main`` as every dev metric (MRPC's accuracy: main - 0.1)."""
@@ -51,7 +60,8 @@ def fake_run(root: Path, name: str, task: str = "rte", lr: float = 1e-3, seed: i
                "completed_epochs": epochs, "epochs": epochs, "main_metric": t.main_metric, "best_main_metric": main,
                "best_metrics": {s.name: metrics | {"loss": 0.6} for s in t.dev_splits},
                "trainable_params": 10, "total_params": 1000, "trainable_percent": 1.0,
-               "trainable_params_in_layers": 8, "train_samples": train_size * epochs}
+               "trainable_params_in_layers": 8, "train_samples": train_size * epochs,
+               "baseline": {s.name: BASELINES[task] for s in t.dev_splits}}
         if status is not None:
             res["status"] = status
         (folder / "results.json").write_text(json.dumps(res))
@@ -84,7 +94,10 @@ def test_learning_rate_chosen_by_mean_dev_over_seeds_and_reported_with_std(tmp_p
     text = out.read_text()
     table = text.split("## minilm, full training sets\n\n", 1)[1].split("\n\n", 1)[0]
     rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()}
-    assert list(rows)[2:] == ["full_ft", "bitfit", "bitfit (query, intermediate)"]  # the paper's row order
+    assert list(rows)[2:] == ["full_ft", "bitfit", "bitfit (query, intermediate)",  # the paper's row order
+                              "trivial baseline (majority class; STS-B: a constant)"]
+    # the reference row: RTE's and MRPC's majority class, as the runs recorded it
+    assert rows["trivial baseline (majority class; STS-B: a constant)"].endswith("| 81.2 / 68.4 | 52.7 | 67.0 |")
     assert "MRPC (F1 / acc)" in rows["method"] and "RTE (acc)" in rows["method"]
     # one seed: no ±; a cell with fewer seeds than the table's most says how many it has
     assert "| 67.0 ± 1.4 |" in rows["bitfit"] and "| 72.0 (1 seed) |" in rows["full_ft"]
@@ -110,7 +123,7 @@ def test_methods_in_the_papers_order_bias_subsets_by_size(tmp_path):
     table = text.split("## minilm, full training sets\n\n", 1)[1].split("\n\n", 1)[0]
     assert [line.split(" | ")[0].lstrip("| ") for line in table.splitlines()[2:]] == [
         "full_ft", "bitfit", "bitfit (query, intermediate)", "bitfit (intermediate)", "bitfit (query)",
-        "rand_uniform", "frozen"]
+        "rand_uniform", "frozen", "trivial baseline (majority class; STS-B: a constant)"]
 
 
 def test_skipped_runs_are_listed_with_their_reason_and_never_mixed(tmp_path, monkeypatch):

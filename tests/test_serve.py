@@ -19,7 +19,7 @@ from bitfit.models import load_model
 from bitfit.serve import Backbone, parse_inputs
 from bitfit.tasks import get_task
 from bitfit import run
-from bitfit.data import collator
+from bitfit.data import collator, sorted_loader
 from conftest import GLUE_DIR, make_tiny_model_dir, needs_glue
 from test_cli import make_glue_dir, run_cli
 from test_delta import synthetic_delta
@@ -40,12 +40,14 @@ def bert_deltas(tiny_bert_dir, tmp_path_factory) -> dict[str, Path]:
 
 
 def fresh_logits(path: Path, texts) -> torch.Tensor:
-    """Base + delta loaded from scratch, predicted in one batch."""
+    """Base + delta loaded from scratch, predicted in one batch ordered as the backbone orders it."""
     model, tokenizer = delta.load(path)
     d = delta.read(path)
     enc = encode([Example(t, None, str(i)) for i, t in enumerate(texts)], tokenizer, 128, d.task.is_regression)
+    data = sorted_loader(enc, len(texts), collator(tokenizer))
     with torch.no_grad():
-        return model(**collator(tokenizer)([enc[i] for i in range(len(enc))])).logits
+        logits = torch.cat([model(**batch).logits for batch in data.loader])
+    return torch.from_numpy(data.restore(logits.numpy()))
 
 
 def served_logits(bb: Backbone, name: str, texts) -> torch.Tensor:

@@ -76,6 +76,7 @@ def cli(args) -> int:
     keys = task_keys(ds)
     several = len(keys) > 1
     bb = Backbone.for_deltas(ds, base=args.base, device=device, trust_remote_code=args.trust_remote_code, names=keys)
+    bb.show_progress = args.verbose
     log.info("backbone %s loaded once in %.2f s; tasks: %s", bb.name, bb.load_seconds, ", ".join(keys))
     sources: dict[str, tuple[str, str]] = {}
     for i, key in enumerate(keys):

@@ -83,6 +83,23 @@ def _results_cells(mine: dict[str, RunGroup], columns: list[tuple[GlueTask, str]
     return cells, firsts
 
 
+BASELINE_LABEL = "trivial baseline (majority class; STS-B: a constant)"
+
+
+def baseline_row(groups: list[RunGroup], columns: list[tuple[GlueTask, str]]) -> list[str]:
+    """What always giving one answer scores on each column's dev split, as the runs recorded it
+    (results.json ``baseline``; runs written before it existed leave the cell empty)."""
+    cells, firsts = [], []
+    for task, split in columns:
+        base = next((r.results["baseline"][split] for g in groups if g.task.name == task.name for r in g.runs
+                     if split in (r.results.get("baseline") or {})), None)
+        cells.append("–" if base is None else " / ".join(x100(base[m]) for m in task.metrics))
+        if base is not None:
+            firsts.append(base[task.main_metric])
+    avg = x100(sum(firsts) / len(firsts)) if len(firsts) == len(columns) else "–"
+    return [BASELINE_LABEL, "0", "0"] + cells + [avg]
+
+
 def results_table(groups: list[RunGroup]) -> list[str]:
     """Rows: methods; columns: % trained, every task's dev split (all its metrics), the average."""
     columns = [(t, s.name) for t in tasks_of(groups) for s in t.dev_splits]
@@ -97,6 +114,7 @@ def results_table(groups: list[RunGroup]) -> list[str]:
         rows.append([method, percent_range([p for g in mine.values() for p in g.trainable_percents()]),
                      percent_range([p for g in mine.values() for p in g.trainable_percents(in_layers=True)])]
                     + cells + [avg])
+    rows.append(baseline_row(groups, columns))
     fewer = any(len(g.runs) < most for g in groups)
     lines = markdown_table(header, rows) + ["", f"Seeds per cell: {most}"
                                             + (", or as many as the cell says." if fewer else ".")]

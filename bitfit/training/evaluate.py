@@ -1,22 +1,26 @@
-"""Predictions and loss over a whole split, each example counted once across processes."""
+"""Predictions and loss over a whole split: batches sorted by length (no padding beyond each batch's
+longest), every example counted once across processes, results in the split's own order."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from ..data import SortedLoader
+from ..progress import progress
 from ..tasks import GlueTask
 
 
 @torch.inference_mode()
-def predict(model, loader, accelerator, task: GlueTask) -> tuple[np.ndarray, np.ndarray | None, float | None]:
-    """(predictions: class ids or scores, gold labels or None, mean loss or None) over ``loader``.
+def predict(model, data: SortedLoader, accelerator, task: GlueTask, desc: str = "predicting",
+            show: bool = False) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+    """(predictions: class ids or scores, gold labels or None, mean loss or None), in the split's order.
 
     ``gather_for_metrics`` drops the padding duplicates of an uneven last batch across processes.
     """
     model.eval()
     preds, labels, losses = [], [], []
-    for batch in loader:
+    for batch in progress(data.loader, desc, enabled=show):
         gold = batch.pop("labels", None)
         logits = model(**batch).logits.float()
         pred = logits.squeeze(-1) if task.is_regression else logits.argmax(-1)
@@ -30,6 +34,7 @@ def predict(model, loader, accelerator, task: GlueTask) -> tuple[np.ndarray, np.
             pred = accelerator.gather_for_metrics(pred)
         preds.append(pred.cpu())
     model.train()
-    preds_np = torch.cat(preds).numpy() if preds else np.zeros(0)
-    labels_np = torch.cat(labels).numpy() if labels else None
-    return preds_np, labels_np, (float(torch.cat(losses).double().mean()) if losses else None)
+    preds_np = data.restore(torch.cat(preds).numpy()) if preds else np.zeros(0)
+    labels_np = data.restore(torch.cat(labels).numpy()) if labels else None
+    loss = data.restore(torch.cat(losses).double().numpy()) if losses else None
+    return preds_np, labels_np, (float(torch.from_numpy(loss).mean()) if loss is not None else None)

@@ -19,16 +19,16 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from .. import checkpoint, delta, fastops, io, policies
 from ..config import RunConfig
-from ..data import EpochBatches, collator
+from ..data import EpochBatches, SortedLoader, collator, sorted_loader
 from ..devices import peak_memory_mb
 from ..errors import RunStopped, StopEarly
 from ..logs import setup_logging
 from ..metrics import compute_metrics
 from ..plots import plot_learning_curves
+from ..progress import progress
 from ..submit import write_submission
 from .evaluate import predict
 from .optim import make_optimizer, make_scheduler
@@ -95,6 +95,32 @@ def run(cfg: RunConfig, on_epoch: EpochCallback | None = None) -> dict:
             su.lock.release()
 
 
+def _with_baseline(row: dict, metrics: tuple[str, ...], base: dict) -> str:
+    """``dev accuracy 0.4874 (always 'entailment': 0.5271)``: each metric beside its trivial baseline."""
+    shown = ", ".join(f"{m} {row[m]:.4f}" for m in metrics)
+    if not base:
+        return f"{row['split']} {shown}"
+    answer = "a constant" if base["answer"] == "constant" else f"always {base['answer']!r}"
+    return f"{row['split']} {shown} ({answer}: " + ", ".join(f"{base[m]:.4f}" for m in metrics) + ")"
+
+
+def beats_baseline(tr: Training) -> bool:
+    """Whether the best epoch's main metric is above the main dev split's trivial baseline."""
+    task, best = tr.su.task, tr.st.best
+    return best is not None and best["main"] > tr.su.baselines[task.main_dev_split][task.main_metric]
+
+
+def _warn_if_not_learned(tr: Training) -> None:
+    task = tr.su.task
+    if beats_baseline(tr):
+        return
+    base = tr.su.baselines[task.main_dev_split]
+    answer = "a constant prediction" if base["answer"] == "constant" else f"always answering {base['answer']!r}"
+    log.warning("best dev %s %.4f is not above %s (%.4f): the model did not learn the task; what usually helps: more "
+                "epochs (the paper's BitFit used up to 16), the learning-rate grid (1e-4 to 1e-3 for BitFit), or "
+                "another seed", task.main_metric, tr.st.best["main"], answer, base[task.main_metric])
+
+
 def _call_back(tr: Training, on_epoch: EpochCallback | None, epoch: int, rows: list[dict]) -> None:
     if on_epoch is None or not tr.accelerator.is_main_process:
         return
@@ -138,6 +164,11 @@ def start(su: Setup, started: float) -> Training:
     return tr
 
 
+def _shows(tr: Training) -> bool:
+    """Whether this process shows progress (the main one, unless --no-verbose)."""
+    return tr.cfg.verbose and tr.accelerator.is_main_process
+
+
 def _speed_options(cfg: RunConfig, model, accelerator) -> None:
     if cfg.fast_cpu_ops and accelerator.device.type == "cpu" and not cfg.compile:
         switched = fastops.install(model)
@@ -147,10 +178,8 @@ def _speed_options(cfg: RunConfig, model, accelerator) -> None:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
-def _eval_loader(su: Setup, split: str):
-    loader = torch.utils.data.DataLoader(su.encoded[split], batch_size=su.cfg.eval_batch_size,
-                                         collate_fn=collator(su.tokenizer))
-    return su.accelerator.prepare(loader)
+def _eval_loader(su: Setup, split: str) -> SortedLoader:
+    return sorted_loader(su.encoded[split], su.cfg.eval_batch_size, collator(su.tokenizer), su.accelerator.prepare)
 
 
 def _resume(tr: Training) -> None:
@@ -174,8 +203,7 @@ def train_epoch(tr: Training, epoch: int, interrupt: checkpoint.Interrupt) -> tu
     tr.sampler.set_epoch(epoch)
     t0 = time.perf_counter()
     loss_sum, seen = 0.0, 0
-    bar = tqdm(tr.train_dl, desc=f"epoch {epoch}/{tr.cfg.epochs}", leave=False, dynamic_ncols=True, mininterval=1.0,
-               disable=not (tr.cfg.verbose and tr.accelerator.is_main_process))
+    bar = progress(tr.train_dl, f"epoch {epoch}/{tr.cfg.epochs}", enabled=_shows(tr))
     for batch in bar:
         value = _step(tr, batch, epoch)
         n = batch["labels"].shape[0]
@@ -230,7 +258,7 @@ def evaluate(tr: Training, epoch: int, loss_sum: float, seen: int, seconds: floa
              "seconds": round(seconds, 3)}]
     task = tr.su.task
     for name, dl in tr.eval_dls.items():
-        preds, labels, loss = predict(tr.model, dl, accelerator, task)
+        preds, labels, loss = predict(tr.model, dl, accelerator, task, f"evaluating {name}", _shows(tr))
         metrics = compute_metrics(task.metrics, preds, labels)
         if name == "train":
             rows[0].update(metrics)
@@ -253,8 +281,8 @@ def end_epoch(tr: Training, epoch: int, rows: list[dict], seen: int, seconds: fl
     st.params, st.optimizer, st.rng = trainable_now, tr.optimizer.state_dict(), checkpoint.rng_state()
     st.scheduler = tr.scheduler.state_dict()
     if tr.accelerator.is_main_process:
-        log.info("epoch %d: train loss %.4f, %s", epoch, rows[0]["loss"], "; ".join(
-            f"{r['split']} " + ", ".join(f"{m} {r[m]:.4f}" for m in task.metrics) for r in rows[1:]))
+        log.info("epoch %d: train loss %.4f; %s", epoch, rows[0]["loss"], "; ".join(
+            _with_baseline(r, task.metrics, tr.su.baselines.get(r["split"], {})) for r in rows[1:]))
         io.write_jsonl(tr.su.out / "metrics.jsonl", st.history)
         checkpoint.save(tr.su.out, st, best_changed=improved)
 
@@ -275,6 +303,7 @@ def results(tr: Training, status: str) -> dict:
         "train_samples_per_second": st.train_samples / st.train_time if st.train_time else None,
         "peak_memory_mb": round(peak_memory_mb(tr.accelerator.device), 1),
         "device": str(tr.accelerator.device), "wall_seconds": round(time.time() - tr.started, 3),
+        "baseline": tr.su.baselines, "beats_baseline": beats_baseline(tr),
     }
 
 
@@ -314,7 +343,8 @@ def _predict_test(tr: Training) -> None:
     su = tr.su
     for split in su.task.test_splits:
         if split.name in su.encoded:
-            preds, _, _ = predict(tr.model, _eval_loader(su, split.name), tr.accelerator, su.task)
+            preds, _, _ = predict(tr.model, _eval_loader(su, split.name), tr.accelerator, su.task,
+                                  f"predicting {split.submission}", _shows(tr))
             if tr.accelerator.is_main_process:
                 write_submission(su.out / split.submission, su.task, su.splits[split.name], preds)
 
@@ -323,7 +353,8 @@ def _write_final(tr: Training, res: dict) -> None:
     """Main process: learning curves, evaluator.pkl, results.json, checkpoint removal, the closing log line."""
     su, st, cfg, task = tr.su, tr.st, tr.cfg, tr.su.task
     plot_learning_curves(st.history, task.metrics, su.out / "learning_curves.png",
-                         f"{task.glue_name} · {cfg.fine_tune_type} · {cfg.model_name}")
+                         f"{task.glue_name} · {cfg.fine_tune_type} · {cfg.model_name}",
+                         baselines=su.baselines)
     if cfg.save_evaluator:
         io.write_pickle(su.out / "evaluator.pkl", {"config": cfg.to_dict(), "history": st.history, "results": res})
     res["wall_seconds"] = round(time.time() - tr.started, 3)
@@ -333,3 +364,4 @@ def _write_final(tr: Training, res: dict) -> None:
     log.info("best epoch %d: %s %.4f; trainable %s of %s (%.4f%%); run folder %s", st.best["epoch"],
              task.main_metric, st.best["main"], f"{tr.counts['trained']:,}", f"{tr.counts['total']:,}",
              res["trainable_percent"], su.out)
+    _warn_if_not_learned(tr)

@@ -14,6 +14,7 @@ from ..config import RunConfig
 from ..data import Encoded, EpochBatches, collator, encode, load_glue
 from ..devices import make_accelerator
 from ..errors import UserError
+from ..metrics import baseline
 from ..models import load_model, load_tokenizer, resolve_model
 from ..runlock import RunLock
 from ..tasks import GlueTask, get_task
@@ -40,6 +41,7 @@ class Setup:
     accelerator: object
     out: Path
     lock: RunLock | None  # held by the main process for the whole run
+    baselines: dict  # dev split -> what always giving one answer scores there (metrics.baseline)
 
 
 def _first(examples, limit):
@@ -95,7 +97,9 @@ def _prepare(cfg: RunConfig, lock: RunLock | None) -> Setup:
     check_lengths(cfg, model, tokenizer)
     encoded = {name: encode(ex, tokenizer, cfg.max_seq_length, task.is_regression) for name, ex in splits.items()}
     sel = policies.select(model, cfg, probe=make_probe(encoded["train"], collator(tokenizer), cfg))
-    return Setup(cfg, task, splits, encoded, tokenizer, model, new_params, base_fp, sel, accelerator, out, lock)
+    baselines = {s.name: baseline(task, [e.label for e in splits[s.name]]) for s in task.dev_splits}
+    return Setup(cfg, task, splits, encoded, tokenizer, model, new_params, base_fp, sel, accelerator, out, lock,
+                 baselines)
 
 
 def positions(model, tokenizer) -> int:
