@@ -215,6 +215,7 @@ class Backbone:
             raise UserError(f"task {t.task.glue_name} takes {len(t.task.test_text_columns)} text(s) per example; "
                             f"got {len(examples[0].texts)}")
         encoded = encode(examples, self.tokenizer, max_seq_length or config.get("max_seq_length", 128), t.task.is_regression)
+        encoded.labels = None  # prediction only: gold labels, if the examples carry any, are not the model's business
         data = sorted_loader(encoded, batch_size or config.get("eval_batch_size", 64), collator(self.tokenizer))
         precision = config.get("precision", "fp32")
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)

@@ -223,3 +223,12 @@ def test_minilm_on_real_rte_and_stsb_predicts_from_the_delta_what_the_run_wrote(
     assert (out / "stsb.tsv").read_text() == (tmp_path / "stsb" / "STS-B.tsv").read_text()
     fingerprint = delta.read(tmp_path / "rte").fingerprint
     assert fingerprint == delta.fingerprint(*load_model("minilm", get_task("rte")))
+
+
+def test_predicting_labelled_examples_ignores_their_labels(tiny_bert_dir, bert_deltas):
+    """Examples read from a training or dev file carry gold labels; prediction must not feed them to the model."""
+    bb = Backbone(str(tiny_bert_dir))
+    bb.add("A", bert_deltas["A"])
+    plain = [Example(t, None, str(i)) for i, t in enumerate(PAIRS)]
+    labelled = [Example(t, 0, str(i)) for i, t in enumerate(PAIRS)]
+    assert torch.equal(bb.logits("A", labelled), bb.logits("A", plain))
