@@ -20,6 +20,7 @@ from ..delta import Delta, fingerprint, quiet_base_loading, read
 from ..errors import UserError
 from ..models import load_model
 from ..policies.anatomy import ARCH_ROLES, head_names, layer_of, role_of
+from ..progress import progress
 from ..tasks import GlueTask
 from .figures import group_slug, part_label, plot_bias_change, plot_layer_distance
 from .groups import RunGroup, group_name, method_order, model_name, size_name, task_order
@@ -164,8 +165,9 @@ def delta_sections(groups: list[RunGroup], figures: Path, out: Path) -> tuple[li
     ``layers``), with their figures drawn in ``figures``; and notes on what could not be drawn."""
     bases, order = BaseModels(), method_order(groups)
     bias, dist, notes = [], {}, []
-    for g in sorted(groups, key=lambda g: (g.key.model, g.key.max_train_samples or 0, order(g.key.method),
-                                           task_order(g.key.task))):
+    ordered = sorted(groups, key=lambda g: (g.key.model, g.key.max_train_samples or 0, order(g.key.method),
+                                            task_order(g.key.task)))
+    for g in progress(ordered, "report: deltas (bias change, distances)", unit="groups"):
         kind = g.runs[0].cfg["fine_tune_type"]
         maps = _group_maps(g, bases, notes) if kind in ("bitfit", "full_ft", "layers") else []
         if not maps:
