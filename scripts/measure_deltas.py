@@ -163,7 +163,7 @@ def memory_child(args) -> None:
     import transformers
     from transformers.models.bert import modeling_bert  # noqa: F401  (every import before the baseline)
 
-    import bitfit.train  # noqa: F401
+    import bitfit.training  # noqa: F401
     from bitfit.serve import Backbone
 
     sentences = [("a man is playing a guitar .", "someone plays music .")] * 8

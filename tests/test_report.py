@@ -356,158 +356,36 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# The experiment scripts: the queue logic, in dry runs and with a stand-in for Python
+# The experiment scripts: one line each over python -m bitfit sweep's presets (dry runs: never training)
 
 
-def _script(name: str, out_root: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
-    cmd = ["bash", str(REPO / "scripts" / name), *(args or ("bert-base-cased", "/data/glue dir", str(out_root)))]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=os.environ | env)
+def _script(name: str, *args: str) -> subprocess.CompletedProcess:
+    cmd = ["bash", str(REPO / "scripts" / name), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
 
 
-def _commands(stdout: str) -> list[tuple[str, list[str]]]:
-    import shlex
-
-    return [(m[1], shlex.split(m[2])) for m in re.finditer(r"^\[gpu (\d+)\] (.+)$", stdout, re.M)]
-
-
-def _flag(argv: list[str], flag: str) -> str:
-    return argv[argv.index(flag) + 1]
-
-
-SMALL_GRID = {"DRY_RUN": "1", "GPUS": "0 3", "SEEDS": "0 1", "TASKS": "rte stsb", "BITFIT_LRS": "1e-4 1e-3",
-              "FULL_LRS": "2e-5"}
-
-
-def test_table2_dry_run_skips_complete_resumes_checkpoints_and_spreads_over_gpus(tmp_path):
-    runs = tmp_path / "runs"
-    cell = runs / "bert-base-cased" / "full"
-    fake_run(cell / "rte" / "bitfit", "lr1e-4_seed0")  # complete
-    fake_run(cell / "rte" / "bitfit", "lr1e-3_seed0", status=None)  # complete, written before "status"
-    fake_run(cell / "stsb" / "full_ft", "lr2e-5_seed1", task="stsb", status="diverged")
-    (fake_run(cell / "rte" / "full_ft", "lr2e-5_seed1", results=False) / "checkpoint").mkdir()
-    (cell / "rte" / "full_ft" / "lr2e-5_seed1" / "checkpoint" / "state.json").write_text('{"epoch": 1}')
-    fake_run(cell / "stsb" / "bitfit", "lr1e-3_seed0", task="stsb", status="interrupted")  # no checkpoint
-    before = sorted(p for p in tmp_path.rglob("*"))
-
-    proc = _script("table2_glue.sh", runs, SMALL_GRID)
+@pytest.mark.parametrize("name, runs, first", [
+    ("table2_glue.sh", 8, "full/rte/full_ft/lr1e-5_seed0"),
+    ("table3_bias_subsets.sh", 32, "full/rte/bitfit_query/lr1e-4_seed0"),
+    ("data_size.sh", 72, "n100/rte/full_ft/lr1e-5_seed0"),
+    ("bias_change.sh", 2, "full/rte/bitfit/lr1e-3_seed0"),
+])
+def test_scripts_are_the_sweep_presets_and_dry_run_their_grids(name, runs, first, tmp_path):
+    proc = _script(name, "bert-base-cased", "/data/glue dir", str(tmp_path / "runs"), "--tasks", "rte", "--seeds", "0",
+                   "--dry-run")
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p for p in tmp_path.rglob("*")) == before  # a dry run writes nothing
-    assert "12 runs: 2 complete and 1 diverged (skipped), 1 to resume, 8 to start; 2 worker(s)" in proc.stderr
-    commands = _commands(proc.stdout)
-    assert len(commands) == 9
-    by_folder = {_flag(argv, "-o"): (gpu, argv) for gpu, argv in commands}
-    assert len(by_folder) == 9 and str(cell / "rte" / "bitfit" / "lr1e-4_seed0") not in by_folder
-    for folder, (gpu, argv) in by_folder.items():
-        assert gpu in ("0", "3") and _flag(argv, "-d") == gpu and argv[1] == str(REPO / "run_glue.py")
-        assert _flag(argv, "--data-dir") == "/data/glue dir" and _flag(argv, "-m") == "bert-base-cased"
-        method, lr_seed = Path(folder).parts[-2:]
-        assert lr_seed == f"lr{_flag(argv, '-l')}_seed{_flag(argv, '-s')}" and _flag(argv, "-f") == method
-        assert _flag(argv, "-e") == {"bitfit": "16", "full_ft": "3"}[method]
-    assert "--resume" in by_folder[str(cell / "rte" / "full_ft" / "lr2e-5_seed1")][1]
-    assert "--overwrite" in by_folder[str(cell / "stsb" / "bitfit" / "lr1e-3_seed0")][1]
-    assert sum("--resume" in a or "--overwrite" in a for _, a in by_folder.values()) == 2
-    assert re.search(r"^\[report\] python -m bitfit report .* -o \S+/reports/table2 --overwrite", proc.stdout, re.M)
+    rows = [line.split("\t") for line in proc.stdout.splitlines()]
+    assert rows[-1] == [f"{runs} runs: {runs} to start"]
+    assert rows[0][:3] == ["new", "new", str(tmp_path / "runs" / "bert-base-cased" / first)]
+    assert not (tmp_path / "runs").exists()
 
 
-def test_other_scripts_dry_run_their_grids(tmp_path):
-    t3 = _commands(_script("table3_bias_subsets.sh", tmp_path, SMALL_GRID | {"TASKS": "rte", "SEEDS": "0"}).stdout)
-    policies = sorted(" ".join(a[a.index("-f") + 1:]) for _, a in t3 if _flag(a, "-l") == "1e-3")
-    assert policies == sorted(["bitfit --bias-terms query", "bitfit --bias-terms intermediate",
-                               "bitfit --bias-terms query intermediate", "frozen", "rand_uniform", "rand_row_col",
-                               "bitfit"])
-    assert len(t3) == 7 * 2 + 1  # seven methods on the BitFit grid, full fine-tuning on its own
-
-    sizes = _commands(_script("data_size.sh", tmp_path, SMALL_GRID | {"TASKS": "sst2", "SEEDS": "0",
-                                                                      "SIZES": "100 1000"}).stdout)
-    got = {(_flag(a, "-f"), a[a.index("--max-train-samples") + 1] if "--max-train-samples" in a else "full") for _, a in sizes}
-    assert got == {(f, n) for f in ("bitfit", "full_ft") for n in ("100", "1000", "full")} and len(sizes) == 9
-    assert all(("/n" + _flag(a, "--max-train-samples") + "/") in _flag(a, "-o") for _, a in sizes if "--max-train-samples" in a)
-
-    bias = _commands(_script("bias_change.sh", tmp_path, {"DRY_RUN": "1"}).stdout)
-    assert sorted((_flag(a, "-f"), _flag(a, "-l"), _flag(a, "-t"), _flag(a, "-s")) for _, a in bias) == [
-        ("bitfit", "1e-3", "rte", "0"), ("full_ft", "2e-5", "rte", "0")]
-
-    # SIZE: Table 3 on the first N examples, in the very folders data_size.sh uses for size N
-    t3n = _commands(_script("table3_bias_subsets.sh", tmp_path, SMALL_GRID | {"TASKS": "sst2", "SEEDS": "0",
-                                                                              "SIZE": "4000"}).stdout)
-    assert len(t3n) == 15 and all(_flag(a, "--max-train-samples") == "4000" for _, a in t3n)
-    n4000 = tmp_path / "bert-base-cased" / "n4000" / "sst2"
-    assert all(Path(_flag(a, "-o")).parent.parent == n4000 for _, a in t3n)
-    shared_env = {"TASKS": "sst2", "SEEDS": "0", "SIZES": "4000", "FULL_SET": "0"}
-    shared = _commands(_script("data_size.sh", tmp_path, SMALL_GRID | shared_env).stdout)
-    assert {_flag(a, "-o") for _, a in shared} < {_flag(a, "-o") for _, a in t3n}
-    for script, env in [("table3_bias_subsets.sh", {"SIZE": "4k"}), ("table2_glue.sh", {"SIZE": "0"}),
-                        ("data_size.sh", {"SIZES": "100 -5"})]:
-        bad = _script(script, tmp_path, SMALL_GRID | env)
-        bad_value = env.get("SIZE") or "-5"
-        assert bad.returncode == 2 and f"training-set size '{bad_value}'" in bad.stderr and not bad.stdout
-    assert not (tmp_path / "bert-base-cased").exists()  # dry runs and refused sizes wrote nothing
-
-    usage = _script("table2_glue.sh", tmp_path, {}, "only-one-argument")
-    assert usage.returncode == 2 and "usage:" in usage.stderr
-
-
-FAKE_PYTHON = f"""#!/usr/bin/env bash
-# stands in for python: records the call; "trains" by writing config.json and results.json, failing for
-# STS-B; "python -m bitfit ..." (the run-state reader) goes to the real interpreter
-[[ $1 == -m ]] && exec {sys.executable} "$@"
-echo "$@" >> "$CALLS"
-while [[ $# -gt 0 ]]; do case $1 in -o) out=$2; shift;; -t) task=$2; shift;; esac; shift; done
-[[ $task == stsb ]] && {{ echo "simulated failure" >&2; exit 3; }}
-mkdir -p "$out" && echo '{{"config": {{"task_name": "rte"}}}}' > "$out/config.json"
-echo '{{"status": "complete", "best_epoch": 1, "best_main_metric": 0.5}}' > "$out/results.json"
-"""
-
-
-def test_scripts_run_the_queue_log_each_run_and_skip_what_is_done(tmp_path):
-    fake = tmp_path / "fake_python"
-    fake.write_text(FAKE_PYTHON)
-    fake.chmod(0o755)
-    env = {k: v for k, v in SMALL_GRID.items() if k != "DRY_RUN"} | {
-        "PYTHON": str(fake), "CALLS": str(tmp_path / "calls"), "REPORT": "0", "GPUS": "0 1 1"}
-    runs = tmp_path / "runs"
-    first = _script("table2_glue.sh", runs, env)
-    assert first.returncode == 1 and "some runs failed" in first.stderr
-    assert first.stdout.count("done [gpu") == 6 and first.stdout.count("FAILED [gpu") == 6
-    logs = sorted(runs.rglob("*.log"))
-    assert len(logs) == 12 and all(log.read_text().startswith("=== ") for log in logs)
-    assert "simulated failure" in (runs / "bert-base-cased/full/stsb/bitfit/lr1e-3_seed1.log").read_text()
-    assert len((tmp_path / "calls").read_text().splitlines()) == 12
-
-    second = _script("table2_glue.sh", runs, env)
-    assert "12 runs: 6 complete and 0 diverged (skipped), 0 to resume, 6 to start" in second.stderr
-    assert len((tmp_path / "calls").read_text().splitlines()) == 18  # only the failed STS-B runs again
-
-    # a queued run that another worker or script completed meanwhile is not run again
-    done = runs / "bert-base-cased/full/rte/bitfit/lr1e-3_seed0"
-    line = f"{done} -t rte -f bitfit"
-    took = subprocess.run(["bash", "-c", f'source {REPO}/scripts/lib.sh && run_job "$0"', line], capture_output=True,
-                          text=True, timeout=30, env=os.environ | env)
-    assert took.returncode == 0 and took.stdout == f"nothing left to do (finished meanwhile): {done}\n"
-    assert len((tmp_path / "calls").read_text().splitlines()) == 18
-
-
-def test_cpu_workers_pass_cpu_and_share_the_cores(tmp_path):
-    fake = tmp_path / "fake_python"
-    fake.write_text(f'#!/usr/bin/env bash\n[[ $1 == -m ]] && exec {sys.executable} "$@"\necho "threads=$OMP_NUM_THREADS $*" >> "$CALLS"\n'
-                    'while [[ $# -gt 0 ]]; do [[ $1 == -o ]] && out=$2; shift; done\n'
-                    'mkdir -p "$out" && echo \'{"status": "complete"}\' > "$out/results.json"\n')
-    fake.chmod(0o755)
-    calls = tmp_path / "calls"
-    env = {k: v for k, v in SMALL_GRID.items() if k != "DRY_RUN"} | {
-        "PYTHON": str(fake), "CALLS": str(calls), "REPORT": "0", "GPUS": "cpu cpu", "TASKS": "rte", "SEEDS": "0"}
-    base = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    cmd = ["bash", str(REPO / "scripts" / "table2_glue.sh"), "bert-base-cased", "/data", str(tmp_path / "runs")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=base | env)
+def test_scripts_skip_complete_runs_and_refuse_missing_arguments(tmp_path):
+    done = tmp_path / "runs" / "bert-base-cased" / "full" / "rte" / "bitfit" / "lr1e-3_seed0"
+    fake_run(done.parent, done.name, lr=1e-3)
+    proc = _script("bias_change.sh", "bert-base-cased", "/data", str(tmp_path / "runs"), "--dry-run")
     assert proc.returncode == 0, proc.stderr
-    lines = calls.read_text().splitlines()
-    share = max(1, len(os.sched_getaffinity(0)) // 2)  # what nproc counts, split over the two workers
-    assert len(lines) == 3 and all(line.startswith(f"threads={share} ") for line in lines)
-    assert all(" --cpu " in line and " -d " not in line for line in lines)
-    assert proc.stdout.count(f"done [cpu, {share} threads]") == 3
-
-    # a thread count the user set wins; the dry run shows it
-    dry = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
-                         env=base | env | {"DRY_RUN": "1", "OMP_NUM_THREADS": "3", "SEEDS": "1"})
-    shown = re.findall(r"^\[cpu, (\d+) threads\] .* --cpu .*$", dry.stdout, re.M)
-    assert shown == ["3"] * 3, dry.stdout
+    assert proc.stdout.splitlines()[0].split("\t")[:2] == ["skip", "complete"]
+    assert proc.stdout.splitlines()[-1] == "2 runs: 1 complete (skipped), 1 to start"
+    bad = _script("table2_glue.sh", "bert-base-cased")
+    assert bad.returncode == 2 and bad.stderr.startswith("usage:") and len(bad.stderr.splitlines()) == 1

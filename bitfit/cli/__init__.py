@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {  # name -> one-line description; the module is bitf
     "submit": "collect runs' test predictions into a GLUE submission zip, checked",
     "report": "the paper's tables and figures from a tree of run folders",
     "bench": "training speed and memory of the methods and two peers, side by side",
+    "sweep": "a grid of runs (tasks x methods x rates x seeds x sizes) on Ray Tune, resumable; the paper's presets",
     "state": "the state of run folders: new, complete, interrupted, diverged, stopped or broken",
 }
 
@@ -47,7 +48,7 @@ class OneLineErrors(argparse.ArgumentParser):
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return OneLineErrors(prog=prog, description=description, formatter_class=HelpFormatter)
+    return OneLineErrors(prog=prog, description=description, formatter_class=HelpFormatter, allow_abbrev=False)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

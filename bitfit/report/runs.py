@@ -23,7 +23,7 @@ from pathlib import Path
 from ..config import RunConfig
 from ..errors import UserError
 from ..methods import method_label
-from ..runstate import BROKEN, COMPLETE, INTERRUPTED, RunState, read_state
+from ..runstate import BROKEN, COMPLETE, INTERRUPTED, STOPPED, RunState, read_state
 from ..tasks import GlueTask, get_task
 
 # Settings that do not change what a run measures, or that the group key already holds.
@@ -149,6 +149,8 @@ def skip_reason(state: RunState) -> str:
     """The report's words for a run it cannot use, from ``read_state``'s verdict."""
     if state.status == INTERRUPTED:
         return f"incomplete: {state.reason}"
+    if state.status == STOPPED:
+        return state.reason  # "stopped early after epoch N of M: ... (not complete: ...)"
     if state.status == BROKEN and state.config is not None and not (state.path / "results.json").exists():
         done = max((row.get("epoch", 0) for row in _read_history(state.path)), default=0)
         of = f" of {state.config['epochs']}" if state.config.get("epochs") else ""

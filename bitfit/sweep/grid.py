@@ -1,0 +1,196 @@
+"""A sweep's grid: tasks x methods (with their rates and epochs) x seeds x training-set sizes -> trials.
+
+    from bitfit.sweep.grid import Sweep, expand
+    sweep = Sweep.from_dict({"tasks": ["rte"], "methods": ["bitfit", "bitfit:query,intermediate"],
+                             "learning_rates": ["1e-4", "1e-3"], "seeds": [0, 1],
+                             "settings": {"model_name": "minilm", "data_dir": "glue"}}, out="runs")
+    trials = expand(sweep)      # 8 trials; trials[0].path == runs/minilm/full/rte/bitfit/lr1e-4_seed0
+
+The run-folder tree is ``OUT/<model>/<full|nSIZE>/<task>/<method folder>/lr<LR>_seed<S>`` (the same as
+the old scripts'), so a run two sweeps share is trained once. A method is a fine-tune type, or
+``bitfit:ROLE,ROLE`` for BitFit on some bias roles (folder ``bitfit_ROLE_ROLE``). Every trial's
+settings are checked by building its ``RunConfig`` before anything runs. Torch-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import RunConfig
+from ..errors import UserError
+from ..methods import METHODS, check_bias_terms
+from ..tasks import get_task
+
+# RunConfig fields a sweep sets per trial (plural on its command line, or decided from the run's state)
+PER_TRIAL = ("task_name", "fine_tune_type", "bias_terms", "learning_rate", "seed", "max_train_samples",
+             "output_path", "resume", "overwrite")
+GRID_KEYS = ("tasks", "methods", "learning_rates", "epochs", "seeds", "sizes", "settings")
+SETTINGS = {f.name for f in dataclasses.fields(RunConfig)} - set(PER_TRIAL)
+
+
+def lr_text(value) -> str:
+    """A learning rate as its folder names it: ``1e-3``, ``2e-5``, ``7e-4``, ``1.5e-3`` (the scripts' spelling)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"learning rate {value!r} is not a number; accepted: numbers such as 1e-3") from None
+    if not (math.isfinite(x) and 0 < x <= 1):
+        raise UserError(f"learning rate {value!r} is out of range; accepted: 0 < lr <= 1")
+    mantissa, exponent = f"{x:.12e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def size_value(value) -> int | None:
+    """``full`` (or None) -> None; a whole number of examples >= 1 -> int."""
+    if value is None or str(value).strip().lower() == "full":
+        return None
+    text = str(value).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"training-set size {value!r} is not accepted: give 'full' or a whole number of examples >= 1")
+    return int(text)
+
+
+def seed_value(value) -> int:
+    if isinstance(value, bool) or not str(value).strip().isdigit():
+        raise UserError(f"seed {value!r} is not accepted: give whole numbers >= 0")
+    return int(str(value).strip())
+
+
+@dataclass(frozen=True)
+class Method:
+    """One method of the grid: ``bitfit``, ``full_ft``, ``bitfit:query,intermediate``, ..."""
+
+    spec: str
+    fine_tune_type: str
+    bias_terms: tuple[str, ...] | None = None
+
+    @property
+    def folder(self) -> str:
+        return "_".join((self.fine_tune_type,) + (self.bias_terms or ()))
+
+
+def parse_method(spec: str) -> Method:
+    """``NAME`` (a fine-tune type) or ``bitfit:ROLE,ROLE`` (BitFit on those bias roles)."""
+    name, _, options = str(spec).strip().partition(":")
+    if name not in METHODS:
+        raise UserError(f"unknown method {spec!r}; accepted: {', '.join(METHODS)}, or bitfit:ROLE,ROLE "
+                        "(e.g. bitfit:query,intermediate)")
+    if not options:
+        return Method(str(spec).strip(), name)
+    if name != "bitfit":
+        raise UserError(f"method {spec!r}: only bitfit takes options after ':' (bias roles); for other methods' "
+                        "options pass their run_glue.py flag (e.g. --rand-budget)")
+    terms = [t for t in options.replace(" ", ",").split(",") if t]
+    return Method(f"bitfit:{','.join(terms)}", name, tuple(check_bias_terms(terms)))
+
+
+@dataclass(frozen=True)
+class MethodGrid:
+    """A method with its learning rates and epoch count (None: the sweep's, else run_glue.py's default)."""
+
+    method: Method
+    learning_rates: tuple[str, ...]
+    epochs: int | None = None
+
+
+@dataclass
+class Sweep:
+    tasks: list[str]
+    methods: list[MethodGrid]
+    seeds: list[int]
+    sizes: list[int | None]
+    settings: dict  # RunConfig fields shared by every trial (any run_glue.py flag)
+    out: Path
+
+    @classmethod
+    def from_dict(cls, spec: dict, out: str | os.PathLike) -> Sweep:
+        """The YAML/preset form: tasks, methods (names, or name -> {learning_rates, epochs}), learning_rates,
+        epochs, seeds, sizes, settings."""
+        unknown = sorted(set(spec) - set(GRID_KEYS))
+        if unknown:
+            raise UserError(f"unknown sweep key {unknown[0]!r}; accepted: {', '.join(GRID_KEYS)}")
+        lrs, epochs = spec.get("learning_rates"), spec.get("epochs")
+        methods = [_method_grid(name, opts, lrs, epochs) for name, opts in method_items(spec.get("methods"))]
+        settings = dict(spec.get("settings") or {})
+        bad = sorted(set(settings) - SETTINGS)
+        if bad:
+            raise UserError(f"unknown or per-trial setting {bad[0]!r} in the sweep's settings; accepted: "
+                            f"{', '.join(sorted(SETTINGS))} (tasks, methods, rates, seeds and sizes are grid keys)")
+        return cls(tasks=[get_task(t).name for t in _listed(spec, "tasks")], methods=methods,
+                   seeds=[seed_value(s) for s in spec.get("seeds", [0])],
+                   sizes=[size_value(s) for s in spec.get("sizes", [None])], settings=settings, out=Path(out))
+
+
+def _listed(spec: dict, key: str) -> list:
+    values = spec.get(key)
+    if not values:
+        raise UserError(f"the sweep needs {key}: give --{key.replace('_', '-')} (or {key}: in the YAML file, or a --preset)")
+    return list(values) if isinstance(values, (list, tuple)) else [values]
+
+
+def method_items(methods) -> list[tuple[str, dict]]:
+    if not methods:
+        raise UserError("the sweep needs methods: give --methods (or methods: in the YAML file, or a --preset)")
+    if isinstance(methods, dict):
+        return [(name, opts or {}) for name, opts in methods.items()]
+    items = []
+    for m in methods if isinstance(methods, (list, tuple)) else [methods]:
+        items += list(m.items()) if isinstance(m, dict) else [(m, {})]
+    return [(name, opts or {}) for name, opts in items]
+
+
+def _method_grid(name: str, opts: dict, lrs, epochs) -> MethodGrid:
+    bad = sorted(set(opts) - {"learning_rates", "epochs"})
+    if bad:
+        raise UserError(f"method {name!r}: unknown key {bad[0]!r}; accepted: learning_rates, epochs")
+    rates = opts.get("learning_rates", lrs)
+    if not rates:
+        raise UserError(f"method {name!r} has no learning rates: give --learning-rates (or learning_rates:)")
+    rates = rates if isinstance(rates, (list, tuple)) else [rates]
+    return MethodGrid(parse_method(name), tuple(dict.fromkeys(lr_text(r) for r in rates)), opts.get("epochs", epochs))
+
+
+def model_slug(model: str) -> str:
+    """The model's folder in the tree: a local folder's name, or the hub id with '/' -> '_'."""
+    return Path(model).name if os.path.isdir(model) else model.replace("/", "_")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One run of the grid: where it goes and its settings (RunConfig keyword arguments, without resume/overwrite)."""
+
+    path: Path
+    settings: dict = field(hash=False)
+
+    def config(self, resume: bool = False, overwrite: bool = False) -> RunConfig:
+        return RunConfig(**self.settings, resume=resume, overwrite=overwrite)
+
+
+def expand(sweep: Sweep) -> list[Trial]:
+    """Every trial, seeds outermost (a first seed of the whole grid finishes first), each checked."""
+    model = sweep.settings.get("model_name") or RunConfig.__dataclass_fields__["model_name"].default
+    trials = []
+    for seed in sweep.seeds:
+        for size in sweep.sizes:
+            for task in sweep.tasks:
+                for mg in sweep.methods:
+                    for lr in mg.learning_rates:
+                        path = (sweep.out / model_slug(model) / ("full" if size is None else f"n{size}") / task
+                                / mg.method.folder / f"lr{lr}_seed{seed}")
+                        trials.append(_trial(sweep, mg, task, lr, seed, size, path))
+    return list(dict.fromkeys(trials))  # a method listed twice is one run
+
+
+def _trial(sweep: Sweep, mg: MethodGrid, task: str, lr: str, seed: int, size: int | None, path: Path) -> Trial:
+    settings = dict(sweep.settings, task_name=task, fine_tune_type=mg.method.fine_tune_type,
+                    bias_terms=list(mg.method.bias_terms) if mg.method.bias_terms else None,
+                    learning_rate=float(lr), seed=seed, max_train_samples=size, output_path=str(path))
+    if mg.epochs is not None:
+        settings["epochs"] = int(mg.epochs)
+    trial = Trial(path, settings)
+    trial.config()  # every setting checked now, before anything runs (UserError names the bad value)
+    return trial
