@@ -39,14 +39,7 @@ def model(arch="bert", seed=0):
 
 def snapshot(m) -> dict[str, torch.Tensor]:
     """Every parameter as loaded, by its plain name (a masked weight by its frozen pretrained value)."""
-    out = {}
-    for name, p in m.named_parameters():
-        if ".parametrizations." in name:
-            if not name.endswith(".original"):
-                continue
-            name = name.replace(".parametrizations.", ".").removesuffix(".original")
-        out[name] = p.detach().clone()
-    return out
+    return {name: p.detach().clone() for name, p in anatomy.plain_params(m).items()}
 
 
 def effective(m) -> dict[str, torch.Tensor]:

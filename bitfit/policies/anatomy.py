@@ -119,16 +119,22 @@ def linear_weights(model: nn.Module) -> list[str]:
             if isinstance(mod, nn.Linear) and f"{m}.".startswith(prefix)]
 
 
-def base_sizes(model: nn.Module) -> dict[str, int]:
-    """Every parameter of the model as loaded (mask scores excluded; masked weights by their own name)."""
-    sizes = {}
+def plain_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every parameter of the model as loaded, by its plain name: a masked weight under its own name (its
+    frozen pretrained tensor), mask scores left out."""
+    out = {}
     for name, p in model.named_parameters():
         if ".parametrizations." in name:
             if not name.endswith(".original"):
                 continue
             name = name.replace(".parametrizations.", ".").removesuffix(".original")
-        sizes[name] = p.numel()
-    return sizes
+        out[name] = p
+    return out
+
+
+def base_sizes(model: nn.Module) -> dict[str, int]:
+    """Sizes of ``plain_params``."""
+    return {name: p.numel() for name, p in plain_params(model).items()}
 
 
 def ranges(indices) -> str:

@@ -125,7 +125,7 @@ def _call_back(tr: Training, on_epoch: EpochCallback | None, epoch: int, rows: l
     if on_epoch is None or not tr.accelerator.is_main_process:
         return
     task = tr.su.task
-    main = next(r for r in rows if r["split"] == task.main_dev_split)[task.main_metric]
+    main = dev_main(task, rows)
     try:
         on_epoch({"epoch": epoch, "rows": rows, "main_metric": task.main_metric, "main": main})
     except StopEarly as e:
@@ -267,10 +267,15 @@ def evaluate(tr: Training, epoch: int, loss_sum: float, seen: int, seconds: floa
     return rows
 
 
+def dev_main(task, rows: list[dict]) -> float:
+    """The epoch's main metric on the main dev split (what picks the best epoch)."""
+    return next(r for r in rows if r["split"] == task.main_dev_split)[task.main_metric]
+
+
 def end_epoch(tr: Training, epoch: int, rows: list[dict], seen: int, seconds: float) -> None:
     """Track the best epoch, log the epoch, write metrics.jsonl and the checkpoint."""
     st, task = tr.st, tr.su.task
-    main = next(r for r in rows if r["split"] == task.main_dev_split)[task.main_metric]
+    main = dev_main(task, rows)
     improved = st.best is None or main > st.best["main"]
     trainable_now = {n: p.detach().to("cpu", copy=True) for n, p in tr.named.items() if p.requires_grad}
     if improved:
