@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from .errors import UserError
 from .methods import BIAS_ROLES, DEFAULT_MASK_SPARSITY, METHOD_OPTIONS, METHODS, check_bias_terms, get_method
 from .tasks import get_task
+from .trackers import REPORT_TO, missing_package
 
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULERS = ("constant", "linear", "cosine")
@@ -123,6 +124,9 @@ class RunConfig:
     resume: bool = setting(False, "continue the run in --output-path from its last complete epoch (same settings)")
     keep_checkpoint: bool = setting(False, "keep the per-epoch checkpoint folder after the run completes")
     trust_remote_code: bool = setting(False, "allow models whose code lives on the hub (runs that code)")
+    report_to: str = setting("none", "experiment tracker for the epoch metrics: tensorboard (event files in the run "
+                             "folder's tensorboard/), wandb or mlflow (their own servers), none", choices=REPORT_TO,
+                             metavar="TRACKER")
     verbose: bool = setting(True, "log progress and the trainable-parameter table (--no-verbose: warnings and errors only)")
 
     def __post_init__(self) -> None:
@@ -133,6 +137,9 @@ class RunConfig:
         self.task_name = get_task(self.task_name).name
         for f in dataclasses.fields(self):
             _check(f, getattr(self, f.name))
+        if missing_package(self.report_to):
+            raise UserError(f"--report-to {self.report_to} needs the {missing_package(self.report_to)} package, which "
+                            f"is not installed; pip install {missing_package(self.report_to)}, or --report-to none")
         if self.data_dir is None:
             self.data_dir = default_data_dir()
         if self.bias_terms is not None:
@@ -166,7 +173,8 @@ class RunConfig:
 
 
 # Settings a resumed run may change; everything else must equal the original run's.
-RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "verbose", "keep_checkpoint", "eval_batch_size", "gpu_device"})
+RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "verbose", "keep_checkpoint", "eval_batch_size", "gpu_device",
+                               "report_to"})
 
 
 def _check(f: dataclasses.Field, value) -> None:

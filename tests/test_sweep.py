@@ -136,6 +136,61 @@ def test_dry_run_lists_every_run_its_state_and_action_and_writes_nothing(tmp_pat
     assert snapshot(tmp_path) == before
 
 
+def test_asha_ranks_a_run_only_against_its_own_task_and_method():
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from bitfit.sweep.asha import GroupedASHA
+
+    paths = {"mrpc_a": "out/m/full/mrpc/bitfit/lr1e-3_seed0", "mrpc_b": "out/m/full/mrpc/bitfit/lr1e-4_seed0",
+             "cola_a": "out/m/full/cola/bitfit/lr1e-3_seed0", "cola_b": "out/m/full/cola/bitfit/lr1e-4_seed0"}
+    trials = {k: SimpleNamespace(trial_id=k, config={"run": {"path": p}}) for k, p in paths.items()}
+    # epoch 1: MRPC's F1 near 0.8, CoLA's MCC near 0.1; within each task one run is clearly worse
+    results = [("mrpc_a", 0.82), ("mrpc_b", 0.70), ("cola_a", 0.15), ("cola_b", 0.05)]
+
+    def decisions(scheduler):
+        for t in trials.values():
+            scheduler.on_trial_add(None, t)
+        return {k: scheduler.on_trial_result(None, trials[k], {"epoch": 1, "main": v}) for k, v in results}
+
+    grouped = decisions(GroupedASHA({p: (str(Path(p).parent), 4) for p in paths.values()}))
+    assert grouped == {"mrpc_a": TrialScheduler.CONTINUE, "mrpc_b": TrialScheduler.STOP,
+                       "cola_a": TrialScheduler.CONTINUE, "cola_b": TrialScheduler.STOP}
+    # one ASHA over the whole sweep (what Tune does unasked) would cut CoLA's best run for MRPC's scale
+    flat = decisions(ASHAScheduler(metric="main", mode="max", time_attr="epoch", grace_period=1,
+                                   reduction_factor=2, max_t=4))
+    assert flat["cola_a"] == TrialScheduler.STOP
+
+
+def test_progress_counts_trials_and_estimates_time_left_from_epochs():
+    import io
+    from types import SimpleNamespace
+
+    from bitfit.sweep.progress import Progress, duration
+
+    now = [0.0]
+    out = io.StringIO()
+    p = Progress({"a": 4, "b": 4, "c": 2}, stream=out, clock=lambda: now[0], bar=False)
+    a, b, c = (SimpleNamespace(config={"run": {"path": k}}) for k in "abc")
+    p.on_trial_start(0, [], a)
+    p.on_trial_start(0, [], b)
+    assert out.getvalue().splitlines()[-1] == "sweep: 0/3 finished, 2 running, 1 waiting; 0s elapsed"
+    now[0] = 60.0
+    p.on_trial_result(0, [], a, {"epoch": 1})
+    p.on_trial_result(0, [], b, {"epoch": 1})  # 2 epochs in 60 s; 8 left (3 + 3 + c's 2)
+    assert p.left_s() == pytest.approx(240.0)
+    now[0] = 90.0
+    p.on_trial_result(0, [], a, {"epoch": 2})
+    p.on_trial_complete(0, [], a)  # cut by ASHA after 2 of 4: its last 2 epochs leave the count
+    p.on_trial_error(0, [], b)
+    p.on_trial_start(0, [], c)
+    assert p.left_s() == pytest.approx(2 * 90.0 / 3)
+    assert out.getvalue().splitlines()[-1] == "sweep: 2/3 finished (1 failed), 1 running, 0 waiting; 1m30s elapsed, " \
+                                              "about 1m00s left"
+    assert [duration(s) for s in (42, 312, 7500)] == ["42s", "5m12s", "2h05m"]
+
+
 # ---------------------------------------------------------------------------------------------
 # real sweeps through embedded Ray (tiny random model, CPU)
 
@@ -265,3 +320,105 @@ def test_sigterm_to_the_driver_stops_cleanly_and_the_rerun_finishes_only_what_is
     assert len(list(out.glob("*/full/rte/*/*"))) == 4
     assert all(read_state(f).status == "complete" for f in out.glob("*/full/rte/*/*"))
     assert all(snapshot(f) == before for f, before in done.items())
+
+
+def test_a_diverging_trial_is_reported_with_its_reason_while_the_other_finishes_and_reports_to_tensorboard(
+        tiny_bert_dir, tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    glue = make_glue_dir(tmp_path / "glue")
+    out = tmp_path / "out"
+    # decoupled weight decay 1e5 multiplies the trained weights by (1 - lr * 1e5) each step: by -999 at lr 1e-2
+    rc = sweep("--tasks", "rte", "--methods", "bitfit", "--learning-rates", "1e-6", "1e-2", "-e", "3",
+               "--weight-decay", "1e5", "--report-to", "tensorboard", "-m", tiny_bert_dir, "--data-dir", glue,
+               "-o", out, "--no-verbose")
+    printed = capsys.readouterr()
+    assert rc == 1
+    base = out / tiny_bert_dir.name / "full" / "rte" / "bitfit"
+    assert read_state(base / "lr1e-2_seed0").status == "diverged"
+    assert f"failed: {base / 'lr1e-2_seed0'}: non-finite loss (nan) at epoch" in printed.out
+    assert "lower --learning-rate (or --weight-decay, now 100000)" in printed.out
+    assert "sweep: 1 done, 1 failed" in printed.out
+    assert "sweep: 2/2 finished (1 failed), 0 running, 0 waiting" in printed.err  # the progress lines
+    done = base / "lr1e-6_seed0"
+    assert read_state(done).status == "complete"
+    events = EventAccumulator(str(done / "tensorboard"))
+    events.Reload()
+    accuracy = [r["accuracy"] for r in read_jsonl(done / "metrics.jsonl") if r["split"] == "dev"]
+    assert [e.value for e in events.Scalars("dev/accuracy")] == pytest.approx(accuracy)
+
+
+def _sweep_process(argv: list, cwd: Path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "bitfit", "sweep", *map(str, argv)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_trial_worker_killed_with_sigkill_fails_alone_and_the_rerun_resumes_only_it(tiny_bert_dir, tmp_path):
+    import os
+    import signal
+    import time
+
+    glue = make_glue_dir(tmp_path / "glue")
+    out = tmp_path / "out"
+    argv = ["--tasks", "rte", "--methods", "bitfit", "--learning-rates", "1e-3", "1e-2", "-e", "12",
+            "--max-concurrent", "1", "-m", tiny_bert_dir, "--data-dir", glue, "-o", out, "--no-verbose"]
+    proc = _sweep_process(argv, tmp_path)
+    base = out / tiny_bert_dir.name / "full" / "rte" / "bitfit"
+    deadline, victim = time.time() + 180, None
+    while victim is None and time.time() < deadline and proc.poll() is None:
+        for folder in base.glob("*") if base.is_dir() else []:
+            st = read_state(folder)
+            if st.running and (folder / "checkpoint" / "state.json").exists():
+                victim, pid = folder, int(st.running)
+                break
+        time.sleep(0.1)
+    assert victim is not None, "no trial reached a checkpoint"
+    os.kill(pid, signal.SIGKILL)  # the Ray worker running the trial: no handler, no clean-up
+    printed = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1, printed
+    other = next(f for f in base.iterdir() if f != victim)
+    assert read_state(other).status == "complete"
+    assert read_state(victim).status == "interrupted" and read_state(victim).running is None
+    assert f"failed: {victim.relative_to(tmp_path)}" in printed or f"failed: {victim}" in printed
+    assert "1 done, 1 failed" in printed
+    untouched = snapshot(other)
+    rerun = _sweep_process(argv, tmp_path)
+    printed = rerun.communicate(timeout=300)[0]
+    assert rerun.returncode == 0, printed
+    assert "2 runs: 1 complete (skipped), 1 to resume" in printed
+    assert read_state(victim).status == "complete" and snapshot(other) == untouched
+
+
+@pytest.fixture()
+def two_ray_nodes():
+    """A Ray head and a second node on this machine, 1 CPU each (Ray's own cluster test utility, which
+    stops only the processes it started); the sweep joins them through --address."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        yield cluster.address
+    finally:
+        cluster.shutdown()
+
+
+def test_one_sweep_runs_on_two_ray_nodes_through_address(two_ray_nodes, tiny_bert_dir, tmp_path, capsys):
+    glue = make_glue_dir(tmp_path / "glue")
+    out = tmp_path / "out"
+    rc = sweep("--tasks", "rte", "--methods", "bitfit", "--learning-rates", "1e-3", "1e-2", "-e", "2",
+               "--address", two_ray_nodes, "-m", tiny_bert_dir, "--data-dir", glue, "-o", out, "--no-verbose")
+    assert rc == 0, capsys.readouterr()
+    folders = list((out / tiny_bert_dir.name / "full" / "rte" / "bitfit").iterdir())
+    assert len(folders) == 2 and all(read_state(f).status == "complete" for f in folders)
+    nodes = {json.loads(line)["node"] for r in (out / ".tune" / "sweep").glob("*/result.json")
+             for line in r.read_text().splitlines() if line.strip()}
+    assert len(nodes) == 2  # each node has 1 CPU and each trial takes 1: both ran at once, one per node

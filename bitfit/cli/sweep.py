@@ -153,6 +153,7 @@ def cli(args) -> int:
 
 def _run(args, planned) -> int:
     from ..sweep.driver import Resources, outcomes, run_sweep
+    from ..sweep.progress import Progress
     from ..sweep.summary import best_rate_lines, outcome_lines
     from .sweep_trial import make_trainable
 
@@ -161,7 +162,8 @@ def _run(args, planned) -> int:
     early = None if args.early_stop == "none" else args.early_stop
     if to_run:
         res = Resources(args.cpus_per_run, args.gpus_per_run, args.address, early, args.max_concurrent)
-        errors = run_sweep(to_run, make_trainable(bool(early)), res, Path(args.output_root))
+        progress = Progress({str(p.trial.path): p.trial.config().epochs for p in to_run})
+        errors = run_sweep(to_run, make_trainable(bool(early)), res, Path(args.output_root), callbacks=[progress])
     outs = outcomes(to_run, errors)
     count = {a: sum(p.action == a for p in planned) for a in (SKIP, SKIP_DIVERGED, BUSY)}
     lines = outcome_lines(outs, count[SKIP], count[SKIP_DIVERGED], count[BUSY])

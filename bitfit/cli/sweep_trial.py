@@ -25,6 +25,7 @@ class TrialFailed(RuntimeError):
 
 
 def trial(config: dict) -> None:
+    import ray
     from ray import tune
 
     from ..config import RunConfig
@@ -42,7 +43,8 @@ def trial(config: dict) -> None:
 
     def on_epoch(info: dict) -> None:
         try:
-            tune.report({METRIC: float(info["main"]), "epoch": info["epoch"], "metric": info["main_metric"]})
+            tune.report({METRIC: float(info["main"]), "epoch": info["epoch"], "metric": info["main_metric"],
+                         "node": ray.get_runtime_context().get_node_id()})
         except SystemExit:  # Tune stops this trial: its scheduler (ASHA), or the sweep was interrupted
             if info["epoch"] == cfg.epochs:
                 return  # the last epoch: nothing left to cut, the run finishes

@@ -61,13 +61,14 @@ def start_ray(res: Resources) -> None:
     log.info("ray: %s", ray.cluster_resources())
 
 
-def _scheduler(res: Resources, max_epochs: int):
+def _scheduler(res: Resources, to_run: list[Planned]):
+    """None (every run trains all its epochs) or ASHA within each group of comparable runs (``asha``)."""
     if res.early_stop != "asha":
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from .asha import GroupedASHA
 
-    return ASHAScheduler(metric=METRIC, mode="max", time_attr="epoch", grace_period=1,
-                         reduction_factor=2, max_t=max(max_epochs, 2))
+    return GroupedASHA({str(p.trial.path): (str(p.trial.path.parent), p.trial.config().epochs) for p in to_run},
+                       metric=METRIC, time_attr="epoch")
 
 
 def run_sweep(to_run: list[Planned], trainable, res: Resources, out: Path, callbacks=()) -> dict[str, str]:
@@ -81,7 +82,7 @@ def run_sweep(to_run: list[Planned], trainable, res: Resources, out: Path, callb
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": res.cpus, "gpu": res.gpus}),
             param_space={"run": tune.grid_search([trial_param(p, res.early_stop) for p in to_run])},
-            tune_config=tune.TuneConfig(scheduler=_scheduler(res, max(p.trial.config().epochs for p in to_run)),
+            tune_config=tune.TuneConfig(scheduler=_scheduler(res, to_run),
                                         num_samples=1, max_concurrent_trials=res.max_concurrent or None,
                                         trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(name="sweep", storage_path=str((out / ".tune").resolve()), verbose=0,

@@ -19,12 +19,13 @@ def best_rate_lines(paths: list[Path]) -> list[str]:
     runs = [r for p in paths if p.is_dir() for r in [read_run(p, shown_path(p))] if not isinstance(r, Skipped)]
     if not runs:
         return ["best learning rates: no complete run yet"]
-    groups, _ = select(runs)
+    groups, left_out = select(runs)
     lines = ["best learning rate (dev main metric, mean over seeds):"]
     for g in sorted(groups, key=lambda g: (g.key.model, g.key.max_train_samples or 0, g.key.task, g.key.method)):
         m = g.main()
         seeds = f"{m.n} seed{'s' if m.n > 1 else ''}"
         lines.append(f"  {group_name(g.key)}: lr {g.lr:g} -> {g.task.main_metric} {m.mean:.4f} ({seeds})")
+    lines += [f"  left out: {s.label}: {s.reason}" for s in left_out]  # never a run dropped without a word
     return lines
 
 

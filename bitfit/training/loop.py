@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from .. import checkpoint, delta, fastops, io, policies
+from ..trackers import close_trackers, log_epoch, open_trackers
 from ..config import RunConfig
 from ..data import EpochBatches, SortedLoader, collator, sorted_loader
 from ..devices import peak_memory_mb
@@ -54,6 +55,7 @@ class Training:
     scheduler: object
     started: float
     st: checkpoint.TrainState = field(default_factory=checkpoint.TrainState)
+    trackers: list = field(default_factory=list)  # --report-to, main process
 
     @property
     def cfg(self) -> RunConfig:
@@ -80,8 +82,10 @@ def run(cfg: RunConfig, on_epoch: EpochCallback | None = None) -> dict:
     setup_logging(cfg.verbose)
     started = time.time()
     su = prepare(cfg)  # holds the run folder's lock from here on
+    tr = None
     try:
         tr = start(su, started)
+        tr.trackers = open_trackers(cfg.report_to, su.out, cfg.to_dict(), tr.accelerator.is_main_process)
         tr.model.train()
         with checkpoint.Interrupt() as interrupt:
             for epoch in range(tr.st.epoch + 1, cfg.epochs + 1):
@@ -91,6 +95,8 @@ def run(cfg: RunConfig, on_epoch: EpochCallback | None = None) -> dict:
                 _call_back(tr, on_epoch, epoch, rows)
         return finish(tr)
     finally:
+        if tr is not None:
+            close_trackers(tr.trackers)
         if su.lock is not None:
             su.lock.release()
 
@@ -289,6 +295,7 @@ def end_epoch(tr: Training, epoch: int, rows: list[dict], seen: int, seconds: fl
         log.info("epoch %d: train loss %.4f; %s", epoch, rows[0]["loss"], "; ".join(
             _with_baseline(r, task.metrics, tr.su.baselines.get(r["split"], {})) for r in rows[1:]))
         io.write_jsonl(tr.su.out / "metrics.jsonl", st.history)
+        log_epoch(tr.trackers, rows, epoch)
         checkpoint.save(tr.su.out, st, best_changed=improved)
 
 
