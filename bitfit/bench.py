@@ -13,10 +13,11 @@ settings that vary it, trained by this tool's loop or by a peer's: transformers'
 run_glue.py's defaults, or at its best) or the original BitFit recipe.
 
 Reported: training samples/s, padded tokens/s, % of the arithmetic bound (forward ~2 FLOPs per
-non-embedding parameter per token, times the method's ``flop_factor``, against this device's fp32
-matmul rate), peak memory (process RSS on CPU, ``max_memory_allocated`` on GPU), the saved
-checkpoint's size, and the time of one epoch of the task (training, plus evaluating the training set
-for the original recipe, plus the dev set) computed from the measured rates. Output: ``<name>.md``,
+non-embedding parameter per token, times the method's ``flop_factor``, against this device's matmul
+rate in the arithmetic measured: fp32, TF32 with ``--tf32``, bf16/fp16 with ``--precision``), peak
+memory (process RSS on CPU, ``max_memory_allocated`` on GPU), the saved checkpoint's size, and the
+time of one epoch of the task (training, plus evaluating the training set for the original recipe,
+plus the dev set) computed from the measured rates. Output: ``<name>.md``,
 ``.json`` and ``.png`` under ``--out`` (default ``bench/``; the docs' tables live in ``docs/perf``).
 Torch is imported only where a measurement needs it, so the command's ``-h`` stays fast.
 """
@@ -100,6 +101,9 @@ class Settings:
     pad_all: bool = setting(False, "pad every regime's batches to --max-seq-length (fixed shapes, e.g. for "
                             "memory at length 128)")
     device: str = setting("auto", "cpu, cuda, cuda:N, or auto (the first GPU if there is one, else the CPU)")
+    precision: str = setting("fp32", "fp32, or bf16/fp16 autocast (as run_glue.py --precision; fp16: CUDA only)",
+                             choices=("fp32", "bf16", "fp16"))
+    tf32: bool = setting(False, "CUDA: fp32 matmuls on TF32 tensor cores (as run_glue.py --tf32)")
     regimes: list[str] | None = setting(None, "what to measure (default: all)", choices=tuple(REGIMES),
                                         metavar="REGIME")
     out: str = setting("bench", "folder for the Markdown table, JSON and PNG", "-o")
@@ -112,6 +116,8 @@ class Settings:
         for name in self.regimes or ():
             if name not in REGIMES:
                 raise UserError(f"unknown regime {name!r}; accepted: {', '.join(REGIMES)}")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise UserError(f"unknown precision {self.precision!r}; accepted: fp32, bf16, fp16")
         self.task = get_task(self.task).name
         if self.data_dir is None:
             self.data_dir = default_data_dir()
@@ -122,20 +128,42 @@ class Settings:
 
 
 def _sync(device) -> None:
-    """Wait for ``device``'s queued work (a no-op on the CPU): timings end when the work does."""
+    """Wait for ``device``'s queued work (a no-op on the CPU): timings end when the work does. Plain
+    ``cuda`` is the current device (``measure`` makes it the one asked for), never silently GPU 0."""
     import torch
 
     device = torch.device(device)
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        torch.cuda.synchronize(device if device.index is not None else torch.cuda.current_device())
 
 
-def matmul_gflops(device: str, seconds: float = 2.0) -> float:
-    """This device's fp32 matmul rate on a transformer-shaped product (4096 tokens x 768 -> 3072)."""
+def only_visible(device: str, visible: str | None) -> tuple[str, str | None]:
+    """For a fresh process, before it starts CUDA: (the device's name there, the CUDA_VISIBLE_DEVICES that
+    shows it alone). With one GPU visible, transformers' Trainer can neither pick GPU 0 instead nor wrap
+    the model in DataParallel over every GPU. ``visible``: the CUDA_VISIBLE_DEVICES inherited (None: all)."""
+    if not device.startswith("cuda"):
+        return device, visible
+    index = int(device.split(":")[1]) if ":" in device else 0
+    ids = [v.strip() for v in visible.split(",")] if visible else None
+    if ids is not None and index >= len(ids):
+        raise UserError(f"device {device!r} is not visible here; accepted: cuda:0 to cuda:{len(ids) - 1}")
+    return "cuda:0", ids[index] if ids is not None else str(index)
+
+
+def set_tf32(device, on: bool) -> None:
+    """TF32 matmuls on a GPU as ``--tf32`` asks (process-wide); nothing on the CPU."""
     import torch
 
-    a = torch.randn(4096, 768, device=device)
-    b = torch.randn(768, 3072, device=device)
+    if torch.device(device).type == "cuda":
+        torch.set_float32_matmul_precision("high" if on else "highest")
+
+
+def matmul_gflops(device: str, seconds: float = 2.0, dtype=None) -> float:
+    """This device's matmul rate (fp32 unless ``dtype``) on a transformer-shaped product (4096 tokens x 768 -> 3072)."""
+    import torch
+
+    a = torch.randn(4096, 768, device=device, dtype=dtype)
+    b = torch.randn(768, 3072, device=device, dtype=dtype)
     for _ in range(3):
         a @ b
     _sync(device)
@@ -253,18 +281,22 @@ def measure(s: Settings, name: str) -> dict:
     from .logs import setup_logging
 
     setup_logging(False)
-    regime, device = REGIMES[name], torch.device(s.device)
+    here, visible = only_visible(s.device, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if visible is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible  # a fresh process: CUDA has not started yet
+    regime, device = REGIMES[name], torch.device(here)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # plain "cuda" (the Trainer's device) now means this one
+    set_tf32(device, s.tf32)
     p = prepare(s, name, device)
     train = train_batches(s, p, name)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     baseline = _memory_now_mb(device)
-    seconds = (_trainer_seconds if regime.peer == "trainer" else _loop_seconds)(p, regime, train, device)
+    seconds = (_trainer_seconds if regime.peer == "trainer" else _loop_seconds)(p, regime, train, device, s.precision)
     peak = peak_memory_mb(device)  # less the baseline: what training itself added
     dev = batches(p.dev, p.tokenizer, s.eval_batch_size, 4, s.max_seq_length if regime.pad else None, grouped=False)
-    eval_rate = _eval_rate(p.model, dev, device)
+    eval_rate = _eval_rate(p.model, dev, device, s.precision)
     timed = train[WARM:]
     samples = sum(b["input_ids"].shape[0] for b in timed)
     evaluated = len(p.dev) + (p.n_train if regime.peer == "original" else 0)  # the original evaluates train too
@@ -294,8 +326,17 @@ def _memory_now_mb(device) -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _loop_seconds(p: Prepared, regime: Regime, train: list[dict], device) -> float:
-    """Seconds for the timed batches in a plain loop: this tool's (foreach/fused AdamW) or the original's (Adam)."""
+def autocast(device, precision: str):
+    """``torch.autocast`` for ``precision`` on ``device`` (off for fp32), as accelerate's mixed precision."""
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def _loop_seconds(p: Prepared, regime: Regime, train: list[dict], device, precision: str = "fp32") -> float:
+    """Seconds for the timed batches in a plain loop: this tool's (foreach/fused AdamW) or the original's (Adam);
+    fp16 with a loss scaler, as accelerate's."""
     import torch
 
     params = [t for t in p.model.parameters() if t.requires_grad]
@@ -303,21 +344,26 @@ def _loop_seconds(p: Prepared, regime: Regime, train: list[dict], device) -> flo
         opt = torch.optim.Adam(params, lr=1e-4)
     else:
         opt = torch.optim.AdamW(params, lr=1e-4, foreach=device.type != "cuda", fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     forward = torch.compile(p.model, dynamic=True) if p.cfg.compile else p.model
     p.model.train()
     for i, b in enumerate(train):
         if i == WARM:
             _sync(device)
             t0 = time.perf_counter()
-        forward(**{k: v.to(device) for k, v in b.items()}).loss.backward()
+        with autocast(device, precision):
+            loss = forward(**{k: v.to(device, non_blocking=True) for k, v in b.items()}).loss
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad(set_to_none=True)
     _sync(device)
     return time.perf_counter() - t0
 
 
-def _trainer_seconds(p: Prepared, regime: Regime, train: list[dict], device) -> float:
+def _trainer_seconds(p: Prepared, regime: Regime, train: list[dict], device, precision: str = "fp32") -> float:
     """Seconds for the timed batches under transformers' Trainer (its own loop, optimizer and clipping)."""
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -348,18 +394,20 @@ def _trainer_seconds(p: Prepared, regime: Regime, train: list[dict], device) -> 
         targs = TrainingArguments(output_dir=tmp, per_device_train_batch_size=1, max_steps=len(train),
                                   learning_rate=1e-4, report_to=[], save_strategy="no", eval_strategy="no",
                                   logging_strategy="no", dataloader_num_workers=0, use_cpu=device.type == "cpu",
-                                  disable_tqdm=True)
-        InOrder(model=p.model, args=targs, train_dataset=Fixed(), data_collator=lambda items: items[0],
-                callbacks=[timer]).train()
+                                  disable_tqdm=True, bf16=precision == "bf16", fp16=precision == "fp16")
+        trainer = InOrder(model=p.model, args=targs, train_dataset=Fixed(), data_collator=lambda items: items[0],
+                          callbacks=[timer])
+        targs._n_gpu = min(targs.n_gpu, 1)  # one device, as the others: never DataParallel (also measure's pinning)
+        trainer.train()
     return timer.seconds
 
 
-def _eval_rate(model, dev: list[dict], device) -> float:
+def _eval_rate(model, dev: list[dict], device, precision: str = "fp32") -> float:
     import torch
 
     model.eval()
     n, t0 = 0, time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, precision):
         for b in dev:
             model(**{k: v.to(device) for k, v in b.items()})
             n += b["input_ids"].shape[0]
@@ -398,8 +446,12 @@ def run(s: Settings, command: str = "") -> str:
     from .devices import resolve_device
 
     s = dataclasses.replace(s, device=resolve_device(s.device))
-    gflops = matmul_gflops(s.device)
-    log.info("fp32 matmul rate on %s: %.1f GFLOP/s", s.device, gflops)
+    if s.precision == "fp16" and not s.device.startswith("cuda"):
+        raise UserError("precision 'fp16' needs a CUDA GPU; accepted on the CPU: fp32, bf16")
+    only_visible(s.device, os.environ.get("CUDA_VISIBLE_DEVICES"))  # refuses a GPU that is not there, here
+    set_tf32(s.device, s.tf32)
+    gflops = matmul_gflops(s.device, dtype=_dtype(s.precision))
+    log.info("%s matmul rate on %s: %.1f GFLOP/s", arithmetic(s), s.device, gflops)
     rows = []
     for rep in range(s.reps):
         for name in _alternate(s.names, rep):
@@ -409,7 +461,8 @@ def run(s: Settings, command: str = "") -> str:
     summary = summarize(rows, gflops)
     device_name = _device_name(s.device)
     header = (f"### {s.task}, {s.model}{' (random init)' if s.random_init else ''}, batch {s.batch_size}, "
-              f"{device_name}\n\nMedian of {s.reps} repetitions of {s.steps} timed steps; fp32 matmul rate "
+              f"{device_name}, {arithmetic(s)}\n\nMedian of {s.reps} repetitions of {s.steps} timed steps; "
+              f"{arithmetic(s)} matmul rate "
               f"{gflops:.0f} GFLOP/s." + (f" Command: `{command}`" if command else ""))
     text = markdown(summary, header) + "\n" + "".join(f"- {line}\n" for line in ratios(summary))
     out, name = Path(s.out), report_name(s)
@@ -423,9 +476,22 @@ def run(s: Settings, command: str = "") -> str:
 
 
 def report_name(s: Settings) -> str:
-    """``bench_rte_minilm_cpu_b32``, ``bench_rte_bert-base_random_cpu_b8_pad128``: the files' stem."""
+    """``bench_rte_minilm_cpu_b32``, ``bench_rte_bert-base_random_cuda_b8_pad128_bf16``: the files' stem."""
     return (f"bench_{s.task}_{Path(s.model).name}{'_random' if s.random_init else ''}_{s.device.split(':')[0]}"
-            f"_b{s.batch_size}{f'_pad{s.max_seq_length}' if s.pad_all else ''}")
+            f"_b{s.batch_size}{f'_pad{s.max_seq_length}' if s.pad_all else ''}"
+            f"{'' if s.precision == 'fp32' else '_' + s.precision}{'_tf32' if s.tf32 else ''}")
+
+
+def arithmetic(s: Settings) -> str:
+    """``fp32``, ``fp32 (TF32 matmuls)``, ``bf16 autocast``: what the measured runs computed in."""
+    base = "fp32" if s.precision == "fp32" else f"{s.precision} autocast"
+    return base + (" (TF32 matmuls)" if s.tf32 and s.device.startswith("cuda") else "")
+
+
+def _dtype(precision: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
 def summarize(rows: list[dict], gflops: float) -> dict[str, dict]:

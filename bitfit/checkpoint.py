@@ -1,7 +1,8 @@
 """Per-epoch checkpoints for --resume: small for BitFit, never a pickle, never half-written.
 
     <run>/checkpoint/state.json               epoch, step, history, best, optimizer groups, file hashes
-    <run>/checkpoint/state-e{N}.safetensors   trainable tensors, optimizer state, RNG states after epoch N
+    <run>/checkpoint/state-e{N}.safetensors   trainable tensors, optimizer state, every process's RNG states
+                                              after epoch N
     <run>/checkpoint/best-e{M}.safetensors    trainable tensors of the best epoch M so far
 
 Tensor files carry the epoch in their name and ``state.json`` is replaced last, so a crash at any
@@ -30,7 +31,8 @@ from .config import RESUMABLE_CHANGES
 from .errors import UserError
 from .runstate import COMPLETE, INTERRUPTED, NEW, STOPPED, read_state
 
-FORMAT = "bitfit-checkpoint/2"  # /2: the scheduler state is saved (/1 replayed it)
+FORMAT = "bitfit-checkpoint/3"  # /3: RNG states per process, fp16's loss-scaler state; /2: the scheduler state
+READABLE = ("bitfit-checkpoint/2", FORMAT)  # /2 (one process's RNG, keys rng::torch, rng::cuda0...) still resumes
 FOLDER = "checkpoint"
 
 
@@ -47,8 +49,9 @@ class TrainState:
     params: dict[str, torch.Tensor] = field(default_factory=dict)  # trainable tensors by name
     best_params: dict[str, torch.Tensor] = field(default_factory=dict)
     optimizer: dict = field(default_factory=dict)  # torch optimizer state_dict
-    rng: dict[str, torch.Tensor] = field(default_factory=dict)
+    rng: dict[str, torch.Tensor] = field(default_factory=dict)  # every process's: "r{rank}::torch", "r{rank}::cuda"
     scheduler: dict = field(default_factory=dict)  # the learning-rate scheduler's state_dict (plain numbers)
+    scaler: dict = field(default_factory=dict)  # fp16's GradScaler state_dict (plain numbers); empty without one
 
 
 def sha256(path: Path) -> str:
@@ -59,18 +62,41 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def rng_state() -> dict[str, torch.Tensor]:
+def rng_state(device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """This process's random state: the CPU generator's, and on a GPU that GPU's only (not every visible
+    one's: a resume may see fewer GPUs, or run on another)."""
     state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state |= {f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+def ranked_rng(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Every process's ``rng_state`` (in rank order) under the checkpoint's keys: ``r{rank}::torch``..."""
+    return {f"r{rank}::{k}": v for rank, state in enumerate(states) for k, v in state.items()}
+
+
+def rng_for_rank(saved: dict[str, torch.Tensor], rank: int, device: torch.device | None = None) -> dict | None:
+    """Process ``rank``'s state out of a checkpoint's RNG entries (None if the checkpoint has none for it:
+    it was saved by fewer processes). A /2 checkpoint saved one process's state, its GPUs as ``cuda{i}``:
+    rank 0 takes it, with the entry of the GPU it runs on if there is one."""
+    if "torch" in saved:  # /2
+        if rank != 0:
+            return None
+        index = (device.index if device.index is not None else torch.cuda.current_device()) \
+            if device is not None and device.type == "cuda" else None
+        return {"torch": saved["torch"]} | ({"cuda": saved[f"cuda{index}"]} if f"cuda{index}" in saved else {})
+    prefix = f"r{rank}::"
+    mine = {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}
+    return mine or None
+
+
+def set_rng_state(state: dict[str, torch.Tensor], device: torch.device | None = None) -> None:
+    """Restore ``rng_state``'s result; a GPU state goes to ``device`` (this run's GPU), and is skipped
+    on the CPU."""
     torch.set_rng_state(state["torch"])
-    cuda = [state[k] for k in sorted(state) if k.startswith("cuda")]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+    if "cuda" in state and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _flatten_optimizer(opt_state: dict) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -107,7 +133,7 @@ def save(run_dir: Path, st: TrainState, best_changed: bool) -> None:
         files["best"] = previous["files"]["best"]
     meta = {"format": FORMAT, "epoch": st.epoch, "global_step": st.global_step, "history": st.history, "best": st.best,
             "train_time": st.train_time, "train_samples": st.train_samples, "optimizer_param_groups": groups,
-            "scheduler": st.scheduler,
+            "scheduler": st.scheduler, "scaler": st.scaler,
             "files": files, "sha256": {k: sha256(folder / f) for k, f in files.items()}}
     io.write_json(folder / "state.json", meta)
     keep = set(files.values()) | {"state.json"}
@@ -132,9 +158,9 @@ def load(run_dir: Path) -> TrainState:
     if not exists(run_dir):
         raise UserError(f"nothing to resume: {folder / 'state.json'} does not exist (a run saves it after each epoch)")
     meta = _read_json(folder / "state.json")
-    if meta.get("format") != FORMAT:
-        raise UserError(f"checkpoint {folder} has format {meta.get('format')!r}; accepted: {FORMAT} (a checkpoint "
-                        "of an older version cannot be resumed: start the run again with --overwrite)")
+    if meta.get("format") not in READABLE:
+        raise UserError(f"checkpoint {folder} has format {meta.get('format')!r}; accepted: {', '.join(READABLE)} "
+                        "(a checkpoint of an older version cannot be resumed: start the run again with --overwrite)")
     loaded = {}
     for key, name in meta["files"].items():
         path = folder / name
@@ -156,7 +182,7 @@ def load(run_dir: Path) -> TrainState:
         optimizer=_unflatten_optimizer({k: v for k, v in state.items() if k.startswith("opt::")},
                                        meta["optimizer_param_groups"]),
         rng={k[len("rng::"):]: v for k, v in state.items() if k.startswith("rng::")},
-        scheduler=meta["scheduler"],
+        scheduler=meta["scheduler"], scaler=meta.get("scaler") or {},
     )
 
 
@@ -210,7 +236,7 @@ class Interrupt:
 
 
 # settings added after runs were written: what a config.json without them ran with
-BEFORE_FIELD = {"fast_cpu_ops": False}
+BEFORE_FIELD = {"fast_cpu_ops": False, "tf32": False}
 
 
 def check_resumable(cfg, out: Path) -> None:

@@ -99,8 +99,15 @@ class RunConfig:
                                   check=Range(0, 1 - 1e-12, "0 <= ratio < 1"))
     grad_accum: int = setting(1, "gradient accumulation steps", check=ints(1, 1 << 20))
     max_grad_norm: float = setting(1.0, "gradient clipping norm (0 disables)", check=Range(0, math.inf, ">= 0 (0 disables), finite"))
-    precision: str = setting("fp32", "fp32, or bf16/fp16 autocast; trainable parameters and optimizer state stay fp32",
-                             choices=PRECISIONS)
+    precision: str | None = setting(None, "fp32, or bf16/fp16 autocast; trainable parameters and optimizer state stay "
+                                    "fp32 (default: what accelerate launch --mixed_precision / "
+                                    "$ACCELERATE_MIXED_PRECISION says, else fp32; config.json records the one used)",
+                                    choices=PRECISIONS)
+    tf32: bool = setting(False, "CUDA: let fp32 matmuls use TF32 tensor cores (faster, 10-bit mantissa; off by default: "
+                         "the paper trained in full fp32); no effect on the CPU")
+    deterministic: bool = setting(False, "torch.use_deterministic_algorithms (and CUBLAS_WORKSPACE_CONFIG): the same "
+                                  "numbers on every rerun on the same GPU, slower; an op without a deterministic "
+                                  "version then fails")
     attention_dropout: float | None = setting(None, "override the model's attention-probability dropout (0 lets PyTorch "
                                               "use fused attention in training)", check=Range(0, 1 - 1e-12, "0 <= p < 1"))
     gradient_checkpointing: bool = setting(False, "recompute activations in the backward pass instead of keeping them "
@@ -108,6 +115,9 @@ class RunConfig:
     compile: bool = setting(False, "torch.compile the model (measure first: see docs/PERFORMANCE.md)")
     fast_cpu_ops: bool = setting(True, "training on the CPU: this tool's dropout and attention (bitfit/fastops.py: the "
                                  "same dropout distribution, less memory) instead of PyTorch's; not with --compile")
+    num_workers: int = setting(0, "DataLoader worker processes per loader (0: batches are made in the training "
+                               "process); on a GPU batches are also pinned and copied without blocking",
+                               check=ints(0, 1024))
     max_seq_length: int = setting(128, "truncate inputs to this many tokens (batches are padded only to their longest)",
                                   check=ints(8, 1 << 20))
     group_by_length: bool = setting(True, "batch training examples of similar length together (less padding; Hugging "
@@ -140,6 +150,7 @@ class RunConfig:
         if missing_package(self.report_to):
             raise UserError(f"--report-to {self.report_to} needs the {missing_package(self.report_to)} package, which "
                             f"is not installed; pip install {missing_package(self.report_to)}, or --report-to none")
+        self.precision = resolve_precision(self.precision)
         if self.data_dir is None:
             self.data_dir = default_data_dir()
         if self.bias_terms is not None:
@@ -173,8 +184,29 @@ class RunConfig:
 
 
 # Settings a resumed run may change; everything else must equal the original run's.
+# num_workers only changes which process collates the same batches; deterministic only which kernels compute the
+# same arithmetic (as another GPU does). tf32 changes the arithmetic itself, so, like precision, it is compared.
 RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "verbose", "keep_checkpoint", "eval_batch_size", "gpu_device",
-                               "report_to"})
+                               "report_to", "num_workers", "deterministic"})
+
+# accelerate launch --mixed_precision, as it hands it to the processes it starts
+LAUNCH_PRECISION = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
+
+
+def resolve_precision(given: str | None) -> str:
+    """The precision a run uses: ``--precision`` if given, else accelerate launch's (``$ACCELERATE_MIXED_PRECISION``),
+    else fp32. Refuses a launch precision this tool has no use for, and a given one that contradicts the launch's
+    half precision (a launch's "no" is its default, not a choice: an explicit --precision overrides it)."""
+    launch = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if launch is None or (given is not None and launch == "no"):
+        return given or "fp32"
+    if launch not in LAUNCH_PRECISION:
+        raise UserError(f"accelerate launch's mixed precision {launch!r} is not supported here; accepted: "
+                        f"{', '.join(LAUNCH_PRECISION)} (or leave it out and pass --precision)")
+    if given is not None and given != LAUNCH_PRECISION[launch]:
+        raise UserError(f"--precision {given} contradicts accelerate launch's --mixed_precision {launch}; give one of "
+                        f"them, or the same precision to both")
+    return LAUNCH_PRECISION[launch]
 
 
 def _check(f: dataclasses.Field, value) -> None:

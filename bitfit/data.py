@@ -245,9 +245,17 @@ class SortedLoader:
         return out
 
 
-def sorted_loader(encoded, batch_size: int, collate, prepare=None) -> SortedLoader:
-    """Batches of similar length (longest first, ties in split order); ``prepare``: accelerate's."""
+def loader_options(num_workers: int, device) -> dict:
+    """DataLoader keywords for ``--num-workers`` on ``device``: worker processes (kept across epochs), and
+    pinned batches on a GPU (so accelerate's non-blocking copies overlap the computation)."""
+    options = {"num_workers": num_workers, "pin_memory": torch.device(device).type == "cuda"}
+    return options | ({"persistent_workers": True} if num_workers else {})
+
+
+def sorted_loader(encoded, batch_size: int, collate, prepare=None, **options) -> SortedLoader:
+    """Batches of similar length (longest first, ties in split order); ``prepare``: accelerate's;
+    ``options``: DataLoader keywords (``loader_options``)."""
     order = np.array(sorted(range(len(encoded)), key=lambda i: -len(encoded.features[i]["input_ids"])), dtype=np.int64)
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(encoded, order.tolist()), batch_size=batch_size,
-                                         collate_fn=collate)
+                                         collate_fn=collate, **options)
     return SortedLoader(prepare(loader) if prepare else loader, order)

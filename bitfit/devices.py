@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import sys
 
@@ -14,10 +15,27 @@ log = logging.getLogger("bitfit")
 
 
 def peak_memory_mb(device: torch.device) -> float:
+    """This process's peak: GPU memory allocated on ``device`` since ``reset_peak_memory``, or on the CPU
+    the process's peak resident size (since it started: the CPU's peak cannot be reset)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start ``peak_memory_mb`` afresh on a GPU (a second run in one process reports its own peak)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def max_peak_memory_mb(accelerator) -> float:
+    """The largest ``peak_memory_mb`` of any process of the launch (every process must call it)."""
+    mine = peak_memory_mb(accelerator.device)
+    if accelerator.num_processes == 1:
+        return mine
+    peaks = accelerator.gather(torch.tensor([mine], dtype=torch.float64, device=accelerator.device))
+    return float(peaks.max())
 
 
 def resolve_device(name: str) -> str:
@@ -34,23 +52,72 @@ def resolve_device(name: str) -> str:
     return device
 
 
+def world_size() -> int:
+    """How many processes this launch started (``accelerate launch``/``torchrun`` set WORLD_SIZE)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
 def make_accelerator(cfg):
-    """An Accelerator for ``cfg``'s device and precision (one line for a GPU index that does not exist)."""
+    """An Accelerator for ``cfg``'s device and precision (one line for a GPU index that does not exist, or a
+    ``-d`` given to a launch of several processes), with the run's TF32 and determinism settings applied."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import DataLoaderConfiguration
 
     cuda = torch.cuda.is_available() and not cfg.cpu
+    if cfg.gpu_device is not None and world_size() > 1:
+        raise UserError(f"gpu device {cfg.gpu_device} (-d) picks one GPU, but this launch runs {world_size()} "
+                        "processes (one GPU each); accepted: leave -d out, or choose the GPUs with accelerate launch "
+                        "--gpu_ids / CUDA_VISIBLE_DEVICES")
     if cfg.gpu_device is not None and cuda:
         if cfg.gpu_device >= torch.cuda.device_count():
             raise UserError(f"gpu device {cfg.gpu_device} does not exist; accepted: 0 to {torch.cuda.device_count() - 1}")
         torch.cuda.set_device(cfg.gpu_device)
+    launch_accum = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS")
+    if launch_accum is not None and launch_accum.strip() != str(cfg.grad_accum):
+        # accelerate would take it over the value passed here, silently; the schedule is counted from --grad-accum
+        raise UserError(f"accelerate's gradient accumulation steps {launch_accum!r} (ACCELERATE_GRADIENT_ACCUMULATION_STEPS, "
+                        f"set by accelerate launch's DeepSpeed options) contradict --grad-accum {cfg.grad_accum}; "
+                        "accepted: the same number in both, or leave it out of the launch")
     if cfg.precision == "fp16" and not cuda:
         raise UserError("precision 'fp16' needs a CUDA GPU; accepted on the CPU: fp32, bf16")
-    from accelerate.state import AcceleratorState
-
     AcceleratorState._reset_state()  # a second run() in one process may use another precision; keeps the process group
     accelerator = Accelerator(cpu=cfg.cpu or not cuda, mixed_precision="no" if cfg.precision == "fp32" else cfg.precision,
-                              gradient_accumulation_steps=cfg.grad_accum)
+                              gradient_accumulation_steps=cfg.grad_accum,
+                              dataloader_config=DataLoaderConfiguration(non_blocking=cuda))
     if accelerator.device.type == "cpu" and accelerator.is_main_process:
         reason = "--cpu given" if cfg.cpu else "no GPU found"
         log.warning("%s: running on the CPU%s", reason, " (ignoring --gpu-device)" if cfg.gpu_device is not None else "")
+    set_arithmetic(cfg, accelerator.device, accelerator.is_main_process)
+    reset_peak_memory(accelerator.device)  # the run's peak, not an earlier run's in this process
     return accelerator
+
+
+def set_arithmetic(cfg, device: torch.device, main: bool = True) -> None:
+    """Apply ``--tf32`` and ``--deterministic`` for this run (process-wide settings: set either way, so a run
+    never inherits an earlier run's); warn when bf16 would be emulated."""
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
+    torch.use_deterministic_algorithms(cfg.deterministic)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if cfg.tf32 else "highest")
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
+        if cfg.precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False) and main:
+            log.warning("precision bf16 on %s, which has no native bf16: it is emulated (slow); fp16 or fp32 is "
+                        "faster on this GPU", torch.cuda.get_device_name(device))
+    elif cfg.tf32 and main:
+        log.info("--tf32 has no effect on the CPU (recorded in config.json all the same)")
+
+
+def hardware(device: torch.device, num_processes: int) -> dict:
+    """config.json's facts about where the run computed: GPU name and index, world size, CUDA version
+    (None on the CPU), and the arithmetic switches actually in force."""
+    cuda = device.type == "cuda"
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+    return {"gpu_name": torch.cuda.get_device_name(index) if cuda else None, "gpu_index": index,
+            "world_size": num_processes, "cuda_version": torch.version.cuda if cuda else None,
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if cuda else False,
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}

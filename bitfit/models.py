@@ -81,11 +81,16 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     return _from_pretrained(AutoTokenizer, resolve_model(name), name, trust_remote_code=trust_remote_code)
 
 
-def load_model(name: str, task: GlueTask, trust_remote_code: bool = False, attention_dropout: float | None = None):
+def load_model(name: str, task: GlueTask, trust_remote_code: bool = False, attention_dropout: float | None = None,
+               dtype=None):
     """``AutoModelForSequenceClassification`` with the task's labels; returns (model, newly_initialised_names).
 
     ``trust_remote_code`` stays off unless the user turns it on: a hub model's own code never runs by default.
+    Weights load in ``dtype``, fp32 unless asked otherwise: transformers 5 would keep a checkpoint's own
+    dtype, so an fp16- or bf16-stored model would train half-precision weights (``--precision`` is autocast
+    over fp32 weights).
     """
+    import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     source = resolve_model(name)
@@ -100,7 +105,8 @@ def load_model(name: str, task: GlueTask, trust_remote_code: bool = False, atten
         config.id2label = dict(enumerate(task.labels))
         config.label2id = {label: i for i, label in enumerate(task.labels)}
     model, info = _from_pretrained(AutoModelForSequenceClassification, source, name, config=config,
-                                   output_loading_info=True, trust_remote_code=trust_remote_code)
+                                   output_loading_info=True, trust_remote_code=trust_remote_code,
+                                   dtype=dtype or torch.float32)
     new_params = sorted(info.get("missing_keys", []))
     if new_params:
         log.info("newly initialised (saved in the delta): %s", ", ".join(new_params))

@@ -96,6 +96,44 @@ def tiny_classifier(arch: str = "bert", num_labels: int = 2, seed: int = 0):
     return AutoModelForSequenceClassification.from_config(tiny_config(arch, num_labels=num_labels))
 
 
+def accelerate_launch(num_processes: int = 2) -> list[str]:
+    """``accelerate launch`` of ``num_processes`` data-parallel processes on this machine, on a port of their
+    own (the default 29500 would be shared with any other launch running at the same time: another
+    test worker's, another user's)."""
+    import socket
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+            "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+def _cuda_here() -> bool:
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests are collected everywhere and skip, with the reason, where CUDA is absent."""
+    if _cuda_here():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (marked gpu; run them with: python -m pytest -m gpu -rs)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_unless_marked_gpu(request, monkeypatch):
+    """Every test not marked ``gpu`` runs on the CPU, on a GPU box too: no GPU is visible to it or to the
+    processes it starts (bit-identical resume, two gloo processes), whatever CUDA_VISIBLE_DEVICES said."""
+    if "gpu" in request.keywords:
+        return
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """Tiny models gain nothing from threads, and oversubscribed cores make them crawl."""

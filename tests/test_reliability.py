@@ -24,7 +24,7 @@ from bitfit.config import RunConfig
 from bitfit.data import read_tsv
 from bitfit.errors import RunStopped, UserError
 from bitfit.tasks import get_task
-from conftest import REPO, tiny_config, write_bert_tokenizer
+from conftest import REPO, accelerate_launch, tiny_config, write_bert_tokenizer
 from test_cli import make_glue_dir, read_jsonl
 
 
@@ -345,8 +345,7 @@ def test_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path, 
     common = ["-t", "rte", "-f", "full_ft", "-m", str(tiny_bert_dir), "--data-dir", str(glue_dir), "-e", "2",
               "--no-group-by-length", "--predict-test", "--no-verbose"]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    two = subprocess.run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                          "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "run_glue.py"), *common,
+    two = subprocess.run([*accelerate_launch(2), str(REPO / "run_glue.py"), *common,
                           "-b", "4", "-o", str(tmp_path / "two")], capture_output=True, text=True, timeout=300, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
     one = subprocess.run([sys.executable, str(REPO / "run_glue.py"), *common, "-b", "8", "-o", str(tmp_path / "one")],

@@ -48,8 +48,13 @@ __all__ = ["SELECTORS", "Guard", "Selection", "apply", "head_names", "layer_scop
            "trainable_counts", "trainable_table"]
 
 
-def layer_scope(model: nn.Module, spec: LayerSpec | None, probe=None) -> tuple[set[int] | None, list[str]]:
-    """The encoder layers ``--layers`` means on this model (None: all), and notes for the user."""
+def layer_scope(model: nn.Module, spec: LayerSpec | None, probe=None,
+                on_main: Callable[[Callable], object] | None = None) -> tuple[set[int] | None, list[str]]:
+    """The encoder layers ``--layers`` means on this model (None: all), and notes for the user.
+
+    ``on_main(fn)`` runs ``fn`` once for all processes (on the main one, its result shared with the
+    others): the ``auto:K`` probe then runs once and every process trains the same layers.
+    """
     if spec is None:
         return None, []
     depth = num_layers(model)
@@ -58,20 +63,26 @@ def layer_scope(model: nn.Module, spec: LayerSpec | None, probe=None) -> tuple[s
                         f"model has none this tool recognises; accepted: leave --layers out ({LAYERS_ACCEPTED})")
     spec = spec.resolve(depth)
     if spec.auto:
-        picked, note = whole.auto_layers(model, spec.auto, probe)
+        picked, note = (on_main or _here)(lambda: whole.auto_layers(model, spec.auto, probe))
         return picked, [note]
     return set(spec.indices), []
 
 
-def select(model: nn.Module, cfg, probe: Callable[[nn.Module], None] | None = None) -> Selection:
+def _here(fn: Callable):
+    return fn()
+
+
+def select(model: nn.Module, cfg, probe: Callable[[nn.Module], None] | None = None,
+           on_main: Callable[[Callable], object] | None = None) -> Selection:
     """Choose what trains under ``cfg.fine_tune_type``; never modifies ``model``.
 
-    ``probe`` (for ``--layers auto:K``) trains a copy of the model briefly in place.
+    ``probe`` (for ``--layers auto:K``) trains a copy of the model briefly in place; ``on_main``: see
+    ``layer_scope``.
     """
     selector = SELECTORS.get(cfg.fine_tune_type)
     if selector is None:
         raise UserError(f"unknown fine-tune type {cfg.fine_tune_type!r}; accepted: {', '.join(SELECTORS)}")
-    scope, notes = layer_scope(model, cfg.layer_spec, probe)
+    scope, notes = layer_scope(model, cfg.layer_spec, probe, on_main)
     sel = selector(model, cfg, scope)
     sel.notes = notes + sel.notes
     sel.groups = groups(model, list(sel.trainable) + sel.masked, sel)

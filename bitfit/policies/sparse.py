@@ -52,23 +52,55 @@ class _StraightThrough(torch.autograd.Function):
         return grad_weight, grad_scores, None
 
 
+class MaskGroup:
+    """The masks of one model. A mask is recomputed only when its scores changed (an optimizer step, a
+    load, a move), and then every stale mask of the group at once: one ``kthvalue`` over the stacked
+    scores of all matrices of the same size and device, not one per matrix (the thresholds are the
+    same exact entries either way)."""
+
+    def __init__(self):
+        self.members: list[TopKMask] = []
+
+    @torch.inference_mode(False)  # a mask made while evaluating is reused in training: a normal tensor
+    @torch.no_grad()
+    def refresh(self) -> None:
+        stale: dict[tuple, list[TopKMask]] = {}
+        for m in self.members:
+            if m._key != m.scores_key():
+                stale.setdefault((m.scores.numel(), m.n_zero, m.scores.device), []).append(m)
+        for (_, n_zero, _), ms in stale.items():
+            scores = [m.scores.detach() for m in ms]
+            if n_zero == 0:
+                keeps = [torch.ones_like(s, dtype=torch.bool) for s in scores]
+            else:
+                thresholds = torch.stack([s.flatten() for s in scores]).kthvalue(n_zero + 1, dim=1).values
+                keeps = [s >= t for s, t in zip(scores, thresholds)]
+            for m, keep in zip(ms, keeps):
+                m._keep, m._key = keep, m.scores_key()
+
+
 class TopKMask(nn.Module):
     """Parametrization ``W -> W * mask``: ``mask`` zeroes the ``floor(sparsity * W.numel())`` lowest scores."""
 
-    def __init__(self, weight: Tensor, sparsity: float):
+    def __init__(self, weight: Tensor, sparsity: float, group: MaskGroup | None = None):
         super().__init__()
         self.sparsity = float(sparsity)
         # the 1e-9 keeps e.g. 0.29 * 100 from flooring to 28
         self.n_zero = min(math.floor(self.sparsity * weight.numel() + 1e-9), weight.numel() - 1)
         self.scores = nn.Parameter(torch.full(weight.shape, SCORE_INIT, dtype=torch.float32, device=weight.device))
+        self.group = group or MaskGroup()
+        self.group.members.append(self)
+        self._keep, self._key = None, None
+
+    def scores_key(self) -> tuple:
+        """Changes whenever the scores do: in place (their version counter) or replaced (a move)."""
+        return self.scores._version, self.scores.data_ptr(), self.scores.device
 
     def keep(self) -> Tensor:
-        """Bool mask, True where the pretrained entry is kept."""
-        scores = self.scores.detach()
-        if self.n_zero == 0:
-            return torch.ones_like(scores, dtype=torch.bool)
-        threshold = scores.flatten().kthvalue(self.n_zero + 1).values
-        return scores >= threshold
+        """Bool mask, True where the pretrained entry is kept (cached until the scores change)."""
+        if self._key != self.scores_key():
+            self.group.refresh()
+        return self._keep
 
     def forward(self, weight: Tensor) -> Tensor:
         return _StraightThrough.apply(weight, self.scores, self.keep())
@@ -84,11 +116,12 @@ def _split(name: str) -> tuple[str, str]:
 
 def attach(model: nn.Module, names: list[str], sparsity: float) -> None:
     """Put a learned mask on each named weight; the weights are frozen (``requires_grad=False``)."""
+    group = MaskGroup()
     for name in names:
         module_name, attr = _split(name)
         module = model.get_submodule(module_name)
         getattr(module, attr).requires_grad_(False)
-        parametrize.register_parametrization(module, attr, TopKMask(getattr(module, attr), sparsity))
+        parametrize.register_parametrization(module, attr, TopKMask(getattr(module, attr), sparsity, group))
 
 
 def _mask_modules(model: nn.Module) -> dict[str, TopKMask]:

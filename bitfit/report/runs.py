@@ -31,7 +31,8 @@ NOT_COMPARED = {"output_path", "seed", "learning_rate", "gpu_device", "cpu", "ov
                 "data_dir", "eval_batch_size", "keep_checkpoint", "save_evaluator", "predict_test",
                 "max_predict_samples", "trust_remote_code", "eval_train",
                 "task_name", "model_name", "fine_tune_type", "bias_terms", "layers", "rand_budget", "mask_sparsity",
-                "max_train_samples", "fast_cpu_ops", "compile", "gradient_checkpointing", "report_to"}
+                "max_train_samples", "fast_cpu_ops", "compile", "gradient_checkpointing", "num_workers", "report_to",
+                "deterministic"}
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}  # for the fields an older run lacks
 
 

@@ -4,6 +4,7 @@
     loop.py      run(cfg): start, one epoch, evaluate, end of epoch, finish
     evaluate.py  predictions and loss over a split, across processes
     optim.py     the optimizer and the learning-rate schedule
+    stops.py     why a run stops early, agreed by every process (non-finite loss, signal, early stop)
 """
 
 from .loop import run

@@ -23,19 +23,22 @@ import torch
 from .. import checkpoint, delta, fastops, io, policies
 from ..trackers import close_trackers, log_epoch, open_trackers
 from ..config import RunConfig
-from ..data import EpochBatches, SortedLoader, collator, sorted_loader
-from ..devices import peak_memory_mb
+from ..data import EpochBatches, SortedLoader, collator, loader_options, sorted_loader
+from ..devices import max_peak_memory_mb
 from ..errors import RunStopped, StopEarly
 from ..logs import setup_logging
 from ..metrics import compute_metrics
 from ..plots import plot_learning_curves
 from ..progress import progress
 from ..submit import write_submission
+from . import stops
 from .evaluate import predict
 from .optim import make_optimizer, make_scheduler
 from .setup import Setup, open_run_folder, prepare
 
 log = logging.getLogger("bitfit")
+
+SHOW_EVERY = 1.0  # seconds between updates of the progress display's loss (reading it waits for the GPU)
 
 
 @dataclass
@@ -56,6 +59,7 @@ class Training:
     started: float
     st: checkpoint.TrainState = field(default_factory=checkpoint.TrainState)
     trackers: list = field(default_factory=list)  # --report-to, main process
+    watch: stops.LossWatch = field(default_factory=stops.LossWatch)  # the current optimizer step's loss
 
     @property
     def cfg(self) -> RunConfig:
@@ -89,8 +93,8 @@ def run(cfg: RunConfig, on_epoch: EpochCallback | None = None) -> dict:
         tr.model.train()
         with checkpoint.Interrupt() as interrupt:
             for epoch in range(tr.st.epoch + 1, cfg.epochs + 1):
-                loss_sum, seen, seconds = epoch_totals(tr, *train_epoch(tr, epoch, interrupt))
-                rows = evaluate(tr, epoch, loss_sum, seen, seconds)
+                loss, seen, seconds = epoch_totals(tr, *train_epoch(tr, epoch, interrupt))
+                rows = evaluate(tr, epoch, loss, seen, seconds)
                 end_epoch(tr, epoch, rows, seen, seconds)
                 _call_back(tr, on_epoch, epoch, rows)
         return finish(tr)
@@ -128,14 +132,17 @@ def _warn_if_not_learned(tr: Training) -> None:
 
 
 def _call_back(tr: Training, on_epoch: EpochCallback | None, epoch: int, rows: list[dict]) -> None:
-    if on_epoch is None or not tr.accelerator.is_main_process:
-        return
-    task = tr.su.task
-    main = dev_main(task, rows)
-    try:
-        on_epoch({"epoch": epoch, "rows": rows, "main_metric": task.main_metric, "main": main})
-    except StopEarly as e:
-        stop(tr, "stopped", f"stopped early after epoch {epoch} of {tr.cfg.epochs}: {e}", exit_code=0)
+    """The main process calls ``on_epoch``; every process stops if it raised ``StopEarly``."""
+    mine = None
+    if on_epoch is not None and tr.accelerator.is_main_process:
+        task = tr.su.task
+        try:
+            on_epoch({"epoch": epoch, "rows": rows, "main_metric": task.main_metric, "main": dev_main(task, rows)})
+        except StopEarly as e:
+            mine = stops.Stop("stopped", f"stopped early after epoch {epoch} of {tr.cfg.epochs}: {e}", exit_code=0)
+    agreed = stops.agree(tr.accelerator, mine)
+    if agreed is not None:
+        stop(tr, agreed.status, agreed.message, agreed.exit_code)
 
 
 def start(su: Setup, started: float) -> Training:
@@ -154,10 +161,11 @@ def start(su: Setup, started: float) -> Training:
     collate = collator(su.tokenizer)
     train = su.encoded["train"]
     sampler = EpochBatches(len(train), cfg.batch_size, cfg.seed, lengths=train.lengths() if cfg.group_by_length else None)
-    train_dl = torch.utils.data.DataLoader(train, batch_sampler=sampler, collate_fn=collate)
+    train_dl = torch.utils.data.DataLoader(train, batch_sampler=sampler, collate_fn=collate,
+                                           **loader_options(cfg.num_workers, accelerator.device))
     eval_names = [s.name for s in su.task.dev_splits] + (["train"] if cfg.eval_train else [])
     eval_dls = {n: _eval_loader(su, n) for n in eval_names}
-    optimizer = make_optimizer(cfg, params)
+    optimizer = make_optimizer(cfg, params, accelerator.device)  # the params are still on the CPU here
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
     if cfg.compile:
         model = torch.compile(model, dynamic=True)  # dynamic: batches are padded to varying lengths
@@ -165,6 +173,8 @@ def start(su: Setup, started: float) -> Training:
     scheduler = make_scheduler(cfg, optimizer, steps_per_epoch * cfg.epochs)
     named = dict(accelerator.unwrap_model(model).named_parameters())
     tr = Training(su, model, guard, params, named, counts, sampler, train_dl, eval_dls, optimizer, scheduler, started)
+    if accelerator.scaler is not None:  # fp16: the loss scaler skips a step with inf/NaN gradients
+        tr.watch = stops.LossWatch(tolerate=stops.FP16_PATIENCE)
     if cfg.resume:
         _resume(tr)
     return tr
@@ -185,7 +195,8 @@ def _speed_options(cfg: RunConfig, model, accelerator) -> None:
 
 
 def _eval_loader(su: Setup, split: str) -> SortedLoader:
-    return sorted_loader(su.encoded[split], su.cfg.eval_batch_size, collator(su.tokenizer), su.accelerator.prepare)
+    return sorted_loader(su.encoded[split], su.cfg.eval_batch_size, collator(su.tokenizer), su.accelerator.prepare,
+                         **loader_options(su.cfg.num_workers, su.accelerator.device))
 
 
 def _resume(tr: Training) -> None:
@@ -197,70 +208,106 @@ def _resume(tr: Training) -> None:
             tr.named[n].copy_(t)
     tr.optimizer.load_state_dict(tr.st.optimizer)
     tr.scheduler.load_state_dict(tr.st.scheduler)
-    checkpoint.set_rng_state(tr.st.rng)
+    if tr.accelerator.scaler is not None and tr.st.scaler:
+        tr.accelerator.scaler.load_state_dict(tr.st.scaler)
+    _restore_rng(tr)
     log.info("resuming after epoch %d of %d (step %d)", tr.st.epoch, tr.cfg.epochs, tr.st.global_step)
 
 
-def train_epoch(tr: Training, epoch: int, interrupt: checkpoint.Interrupt) -> tuple[float, int, float]:
-    """One pass over the training set; returns (summed loss, examples seen, seconds) of this process."""
+def _restore_rng(tr: Training) -> None:
+    """Each process continues its own random streams (a checkpoint saved by fewer processes has none for
+    the others: they go on from the seed's)."""
+    accelerator = tr.accelerator
+    mine = checkpoint.rng_for_rank(tr.st.rng, accelerator.process_index, accelerator.device)
+    if mine is not None:
+        checkpoint.set_rng_state(mine, accelerator.device)
+    else:
+        log.warning("process %d: the checkpoint holds no random state for it (saved by fewer processes); its "
+                    "dropout continues from the seed's, so the resumed run is not bit-identical to an uninterrupted "
+                    "one", accelerator.process_index)
+
+
+def train_epoch(tr: Training, epoch: int, interrupt: checkpoint.Interrupt) -> tuple[torch.Tensor, int, float]:
+    """One pass over the training set; returns (this process's [summed loss, examples in it] on the device,
+    examples seen, seconds)."""
     # accelerate's loader hands its own epoch counter to the sampler (one process) or none at all
     # (several, behind BatchSamplerShard): set both, so the order depends on (seed, epoch) alone
     tr.train_dl.set_epoch(epoch)
     tr.sampler.set_epoch(epoch)
-    t0 = time.perf_counter()
-    loss_sum, seen = 0.0, 0
+    t0 = shown = time.perf_counter()
+    totals = torch.zeros(2, dtype=torch.float64, device=tr.accelerator.device)  # read only to show or at the end
+    seen = 0
     bar = progress(tr.train_dl, f"epoch {epoch}/{tr.cfg.epochs}", enabled=_shows(tr))
     for batch in bar:
-        value = _step(tr, batch, epoch)
         n = batch["labels"].shape[0]
-        loss_sum += value * n
+        _step(tr, batch, epoch, interrupt, totals, n)
         seen += n
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}",
-                        samples_s=f"{seen * tr.accelerator.num_processes / (time.perf_counter() - t0):.1f}")
-        if interrupt.requested():
-            sig = signal.Signals(interrupt.signum or signal.SIGINT)
-            stop(tr, "interrupted", f"{sig.name} during epoch {epoch}: stopped; epochs 1-{tr.st.epoch} are kept. "
-                 f"Resume with:\n  {checkpoint.resume_command(tr.cfg)}", exit_code=128 + sig.value)
-    return loss_sum, seen, time.perf_counter() - t0
+        if _shows(tr) and time.perf_counter() - shown >= SHOW_EVERY:
+            loss_sum, counted = totals.tolist()
+            shown = time.perf_counter()
+            bar.set_postfix(loss=f"{loss_sum / max(counted, 1):.4f}",
+                            samples_s=f"{seen * tr.accelerator.num_processes / (shown - t0):.1f}")
+    return totals, seen, time.perf_counter() - t0
 
 
-def _step(tr: Training, batch: dict, epoch: int) -> float:
-    """Forward, backward and (at the end of an accumulation window) an optimizer step; returns the loss."""
+def _step(tr: Training, batch: dict, epoch: int, interrupt: checkpoint.Interrupt, totals: torch.Tensor, n: int) -> None:
+    """Forward, backward and (at the end of an accumulation window) an optimizer step; the loss is added to
+    ``totals`` on the device. Before a window's update, every process agrees whether the run stops here."""
     accelerator, cfg = tr.accelerator, tr.cfg
     with accelerator.accumulate(tr.model):
         loss = tr.model(**batch).loss
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            stop(tr, "diverged", f"non-finite loss ({value}) at epoch {epoch}, step {tr.st.global_step + 1} with "
-                 f"learning rate {tr.scheduler.get_last_lr()[0]:g}; lower --learning-rate"
-                 + (f" (or --weight-decay, now {cfg.weight_decay:g})" if cfg.weight_decay else "")
-                 + ("; fp16 overflows easily: try --precision bf16 or fp32" if cfg.precision == "fp16" else ""),
-                 exit_code=1)
+        value = loss.detach().double()
+        finite = torch.isfinite(value)  # a non-finite loss fp16's scaler skips is left out of the epoch's loss
+        totals += torch.stack([torch.where(finite, value * n, 0.0), finite.double() * n])
+        tr.watch.add(value)
+        if accelerator.sync_gradients:
+            agreed = stops.agree(accelerator, _local_stop(tr, epoch, interrupt))
+            if agreed is not None:
+                stop(tr, agreed.status, agreed.message, agreed.exit_code)
         accelerator.backward(loss)
         if accelerator.sync_gradients and cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_(tr.params, cfg.max_grad_norm)
         tr.optimizer.step()
         if accelerator.sync_gradients:
             tr.guard.after_step()
-            tr.scheduler.step()
-            tr.st.global_step += 1
+            if not accelerator.optimizer_step_was_skipped:  # fp16's scaler found inf/NaN gradients: no step
+                tr.scheduler.step()
+                tr.st.global_step += 1
         tr.optimizer.zero_grad(set_to_none=True)
-    return value
 
 
-def epoch_totals(tr: Training, loss_sum: float, seen: int, seconds: float) -> tuple[float, int, float]:
-    """(summed loss, examples seen, seconds) of the epoch over every process."""
+def _local_stop(tr: Training, epoch: int, interrupt: checkpoint.Interrupt) -> stops.Stop | None:
+    """This process's reason to stop before the current optimizer step: a non-finite loss (under fp16,
+    one that persists past what the loss scaler skips), or a signal."""
+    cfg = tr.cfg
+    value = tr.watch.verdict()
+    if value is not None:
+        return stops.Stop("diverged", f"non-finite loss ({value}) at epoch {epoch}, step {tr.st.global_step + 1} with "
+                          f"learning rate {tr.scheduler.get_last_lr()[0]:g}; lower --learning-rate"
+                          + (f" (or --weight-decay, now {cfg.weight_decay:g})" if cfg.weight_decay else "")
+                          + ("; fp16 overflows easily: try --precision bf16 or fp32" if cfg.precision == "fp16" else ""),
+                          exit_code=1)
+    if interrupt.requested():
+        sig = signal.Signals(interrupt.signum or signal.SIGINT)
+        return stops.Stop("interrupted", f"{sig.name} during epoch {epoch}: stopped; epochs 1-{tr.st.epoch} are "
+                          f"kept. Resume with:\n  {checkpoint.resume_command(cfg)}", exit_code=128 + sig.value)
+    return None
+
+
+def epoch_totals(tr: Training, totals: torch.Tensor, seen: int, seconds: float) -> tuple[float, int, float]:
+    """(mean training loss, examples seen, seconds) of the epoch over every process."""
     accelerator = tr.accelerator
+    totals = torch.cat([totals, torch.tensor([seen], dtype=torch.float64, device=totals.device)])
     if accelerator.num_processes > 1:
-        loss_sum, seen = accelerator.reduce(torch.tensor([loss_sum, seen], dtype=torch.float64,
-                                                         device=accelerator.device), "sum").tolist()
-    return loss_sum, int(seen), seconds
+        totals = accelerator.reduce(totals, "sum")
+    loss_sum, counted, seen = totals.tolist()
+    return loss_sum / counted if counted else math.nan, int(seen), seconds
 
 
-def evaluate(tr: Training, epoch: int, loss_sum: float, seen: int, seconds: float) -> list[dict]:
+def evaluate(tr: Training, epoch: int, loss: float, seen: int, seconds: float) -> list[dict]:
     """metrics.jsonl rows of this epoch: the train row (loss over every process), then each dev split."""
     accelerator = tr.accelerator
-    rows = [{"epoch": epoch, "split": "train", "loss": loss_sum / seen, "lr": tr.scheduler.get_last_lr()[0],
+    rows = [{"epoch": epoch, "split": "train", "loss": loss, "lr": tr.scheduler.get_last_lr()[0],
              "seconds": round(seconds, 3)}]
     task = tr.su.task
     for name, dl in tr.eval_dls.items():
@@ -289,8 +336,9 @@ def end_epoch(tr: Training, epoch: int, rows: list[dict], seen: int, seconds: fl
     st.epoch, st.history = epoch, st.history + rows
     st.train_time += seconds
     st.train_samples += seen
-    st.params, st.optimizer, st.rng = trainable_now, tr.optimizer.state_dict(), checkpoint.rng_state()
+    st.params, st.optimizer, st.rng = trainable_now, tr.optimizer.state_dict(), _every_rng(tr.accelerator)
     st.scheduler = tr.scheduler.state_dict()
+    st.scaler = tr.accelerator.scaler.state_dict() if tr.accelerator.scaler is not None else {}
     if tr.accelerator.is_main_process:
         log.info("epoch %d: train loss %.4f; %s", epoch, rows[0]["loss"], "; ".join(
             _with_baseline(r, task.metrics, tr.su.baselines.get(r["split"], {})) for r in rows[1:]))
@@ -299,8 +347,19 @@ def end_epoch(tr: Training, epoch: int, rows: list[dict], seen: int, seconds: fl
         checkpoint.save(tr.su.out, st, best_changed=improved)
 
 
+def _every_rng(accelerator) -> dict[str, torch.Tensor]:
+    """Every process's random state (gathered, for the main process to save), under the checkpoint's keys."""
+    mine = checkpoint.rng_state(accelerator.device)
+    if accelerator.num_processes == 1:
+        return checkpoint.ranked_rng([mine])
+    from accelerate.utils import gather_object
+
+    return checkpoint.ranked_rng(gather_object([mine]))
+
+
 def results(tr: Training, status: str) -> dict:
-    """results.json's content for the run as it stands."""
+    """results.json's content for the run as it stands (every process calls it: peak memory is the
+    largest of any process's)."""
     cfg, task, st, counts = tr.cfg, tr.su.task, tr.st, tr.counts
     best = st.best or {}
     return {
@@ -313,19 +372,21 @@ def results(tr: Training, status: str) -> dict:
         "trainable_params_encoder": counts["trained_encoder"], "trainable_params_in_layers": counts["trained_in_layers"],
         "train_samples": st.train_samples, "train_seconds": round(st.train_time, 3),
         "train_samples_per_second": st.train_samples / st.train_time if st.train_time else None,
-        "peak_memory_mb": round(peak_memory_mb(tr.accelerator.device), 1),
+        "peak_memory_mb": round(max_peak_memory_mb(tr.accelerator), 1),
         "device": str(tr.accelerator.device), "wall_seconds": round(time.time() - tr.started, 3),
         "baseline": tr.su.baselines, "beats_baseline": beats_baseline(tr),
     }
 
 
 def stop(tr: Training, status: str, message: str, exit_code: int):
-    """Record why the run stopped (the last complete epoch's checkpoint stays) and raise RunStopped."""
+    """Record why the run stopped (the last complete epoch's checkpoint stays) and raise RunStopped; every
+    process calls it at the same point (``stops.agree``)."""
+    res = results(tr, status) | {"message": message}
     if tr.accelerator.is_main_process:
-        res = results(tr, status) | {"message": message}
         if status == "interrupted":
             res["resume_command"] = checkpoint.resume_command(tr.cfg)
         io.write_json(tr.su.out / "results.json", res)
+    tr.accelerator.wait_for_everyone()  # no process ends (and has the launcher end the others) before it is written
     raise RunStopped(message, exit_code)
 
 

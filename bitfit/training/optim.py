@@ -5,12 +5,15 @@ from __future__ import annotations
 import torch
 
 
-def make_optimizer(cfg, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
-    """Adam(W) over the trainable tensors only: fused kernels on CUDA, foreach (multi-tensor) elsewhere."""
+def make_optimizer(cfg, params: list[torch.nn.Parameter], device: torch.device | str) -> torch.optim.Optimizer:
+    """Adam(W) over the trainable tensors only: fused kernels when the run trains on ``device`` CUDA (the
+    optimizer is built before accelerate moves the parameters there), foreach (multi-tensor) elsewhere and
+    under fp16, whose loss scaler would hand a fused step its skip decision, so accelerate could not tell a
+    skipped step (``optimizer_step_was_skipped``) from a taken one."""
     kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    cuda = all(p.is_cuda for p in params)
+    fused = torch.device(device).type == "cuda" and cfg.precision != "fp16"
     return kind(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
-                **({"fused": True} if cuda else {"foreach": True}))
+                **({"fused": True} if fused else {"foreach": True}))
 
 
 def make_scheduler(cfg, optimizer, total_steps: int):

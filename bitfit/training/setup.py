@@ -12,7 +12,7 @@ import torch
 from .. import checkpoint, delta, io, policies
 from ..config import RunConfig
 from ..data import Encoded, EpochBatches, collator, encode, load_glue
-from ..devices import make_accelerator
+from ..devices import hardware, make_accelerator
 from ..errors import UserError
 from ..metrics import baseline
 from ..models import load_model, load_tokenizer, resolve_model
@@ -96,7 +96,8 @@ def _prepare(cfg: RunConfig, lock: RunLock | None) -> Setup:
     accelerator = make_accelerator(cfg)
     check_lengths(cfg, model, tokenizer)
     encoded = {name: encode(ex, tokenizer, cfg.max_seq_length, task.is_regression) for name, ex in splits.items()}
-    sel = policies.select(model, cfg, probe=make_probe(encoded["train"], collator(tokenizer), cfg))
+    sel = policies.select(model, cfg, probe=make_probe(encoded["train"], collator(tokenizer), cfg, accelerator.device),
+                          on_main=on_main(accelerator))
     baselines = {s.name: baseline(task, [e.label for e in splits[s.name]]) for s in task.dev_splits}
     return Setup(cfg, task, splits, encoded, tokenizer, model, new_params, base_fp, sel, accelerator, out, lock,
                  baselines)
@@ -121,21 +122,47 @@ def check_lengths(cfg: RunConfig, model, tokenizer) -> None:
                         f"({limit} tokens); accepted: 8 to {limit}")
 
 
-def make_probe(train: Encoded, collate, cfg: RunConfig):
-    """For ``--layers auto:K``: briefly full-fine-tune a copy of the model so layers can be ranked."""
+def on_main(accelerator):
+    """``fn -> fn()`` computed by the main process only and shared with the others (an error too: every
+    process then raises it, none waits for a result that never comes)."""
+
+    def call(fn):
+        if accelerator.num_processes == 1:
+            return fn()
+        from accelerate.utils import broadcast_object_list
+
+        box = [None]
+        if accelerator.is_main_process:
+            try:
+                box[0] = ("ok", fn())
+            except Exception as e:  # noqa: BLE001 - handed to every process, raised there
+                box[0] = ("error", e)
+        kind, value = broadcast_object_list(box)[0]
+        if kind == "error":
+            raise value
+        return value
+
+    return call
+
+
+def make_probe(train: Encoded, collate, cfg: RunConfig, device: torch.device | None = None):
+    """For ``--layers auto:K``: briefly full-fine-tune a copy of the model (on ``device``: the run's) so
+    layers can be ranked."""
 
     def probe(model: torch.nn.Module) -> None:
         for p in model.parameters():
             p.requires_grad_(True)
+        if device is not None:
+            model.to(device)
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=PROBE_LR)
         loader = torch.utils.data.DataLoader(train, batch_sampler=EpochBatches(len(train), cfg.batch_size, cfg.seed + 1),
                                              collate_fn=collate)
-        device = next(model.parameters()).device
+        at = next(model.parameters()).device
         for step, batch in enumerate(loader):
             if step >= PROBE_STEPS:
                 break
-            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+            loss = model(**{k: v.to(at) for k, v in batch.items()}).loss
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -158,4 +185,5 @@ def open_run_folder(su: Setup) -> None:
     io.write_json(su.out / "config.json", {
         "config": su.cfg.to_dict(), "model_path": resolve_model(su.cfg.model_name), "task": su.task.glue_name,
         "policy_notes": su.selection.notes, "device": str(su.accelerator.device),
-        "num_processes": su.accelerator.num_processes, "environment": io.environment()})
+        "num_processes": su.accelerator.num_processes, "precision": su.cfg.precision,
+        **hardware(su.accelerator.device, su.accelerator.num_processes), "environment": io.environment()})
