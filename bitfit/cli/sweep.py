@@ -52,7 +52,8 @@ def build_parser(p):
     s.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs Ray reserves per trial")
     s.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs per trial; fractional packs runs (0.25: four per GPU)")
     s.add_argument("--max-concurrent", type=int, default=0, help="at most this many trials at once (0: as resources allow)")
-    s.add_argument("--address", help="join a Ray cluster ('auto' or HOST:PORT) instead of starting Ray here")
+    s.add_argument("--address", help="join a Ray cluster instead of starting Ray here: HOST:PORT, or 'auto' ($RAY_ADDRESS, "
+                   "else the cluster `ray start` runs on this machine); without it the sweep always starts its own")
     s.add_argument("--early-stop", choices=("none", "asha"), default="none", help="stop hopeless runs early "
                    "(Tune's ASHA on the dev main metric); off by default: the paper's protocol is the full grid")
     s.add_argument("--report-dir", metavar="DIR", help="also write the report (python -m bitfit report) of the sweep's runs here")

@@ -55,9 +55,8 @@ def start_ray(res: Resources) -> None:
                 "log_to_driver": False, "logging_level": logging.WARNING}
     if res.address:
         ray.init(address=res.address, **kw)
-    else:
-        kw["num_cpus"] = os.cpu_count() or 1
-        ray.init(**kw)
+    else:  # "local": a Ray of its own, even where RAY_ADDRESS is set or `ray start` left a cluster running here
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, **kw)
     log.info("ray: %s", ray.cluster_resources())
 
 
