@@ -37,7 +37,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable
 
-from .config import RunConfig, default_data_dir, ints, setting
+from .config import PRECISIONS, RunConfig, default_data_dir, ints, setting
 from .errors import UserError
 from .methods import get_method
 from .tasks import get_task
@@ -102,7 +102,7 @@ class Settings:
                             "memory at length 128)")
     device: str = setting("auto", "cpu, cuda, cuda:N, or auto (the first GPU if there is one, else the CPU)")
     precision: str = setting("fp32", "fp32, or bf16/fp16 autocast (as run_glue.py --precision; fp16: CUDA only)",
-                             choices=("fp32", "bf16", "fp16"))
+                             choices=PRECISIONS)
     tf32: bool = setting(False, "CUDA: fp32 matmuls on TF32 tensor cores (as run_glue.py --tf32)")
     regimes: list[str] | None = setting(None, "what to measure (default: all)", choices=tuple(REGIMES),
                                         metavar="REGIME")
@@ -116,8 +116,8 @@ class Settings:
         for name in self.regimes or ():
             if name not in REGIMES:
                 raise UserError(f"unknown regime {name!r}; accepted: {', '.join(REGIMES)}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise UserError(f"unknown precision {self.precision!r}; accepted: fp32, bf16, fp16")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r}; accepted: {', '.join(PRECISIONS)}")
         self.task = get_task(self.task).name
         if self.data_dir is None:
             self.data_dir = default_data_dir()
@@ -148,14 +148,6 @@ def only_visible(device: str, visible: str | None) -> tuple[str, str | None]:
     if ids is not None and index >= len(ids):
         raise UserError(f"device {device!r} is not visible here; accepted: cuda:0 to cuda:{len(ids) - 1}")
     return "cuda:0", ids[index] if ids is not None else str(index)
-
-
-def set_tf32(device, on: bool) -> None:
-    """TF32 matmuls on a GPU as ``--tf32`` asks (process-wide); nothing on the CPU."""
-    import torch
-
-    if torch.device(device).type == "cuda":
-        torch.set_float32_matmul_precision("high" if on else "highest")
 
 
 def matmul_gflops(device: str, seconds: float = 2.0, dtype=None) -> float:
@@ -277,7 +269,7 @@ def measure(s: Settings, name: str) -> dict:
     ``measure_in_fresh_process``."""
     import torch
 
-    from .devices import peak_memory_mb
+    from .devices import peak_memory_mb, set_tf32
     from .logs import setup_logging
 
     setup_logging(False)
@@ -330,8 +322,8 @@ def autocast(device, precision: str):
     """``torch.autocast`` for ``precision`` on ``device`` (off for fp32), as accelerate's mixed precision."""
     import torch
 
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+    dtype = _dtype(precision)
+    return torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 def _loop_seconds(p: Prepared, regime: Regime, train: list[dict], device, precision: str = "fp32") -> float:
@@ -443,11 +435,10 @@ def run(s: Settings, command: str = "") -> str:
     """Measure every regime ``s.reps`` times, each in a fresh process, regimes alternating; write
     ``<name>.md``, ``.json`` and ``.png`` under ``s.out``; return the Markdown (table and ratios).
     ``command`` (the command line that repeats this run) goes into the table's header."""
-    from .devices import resolve_device
+    from .devices import require_cuda_for_fp16, resolve_device, set_tf32
 
     s = dataclasses.replace(s, device=resolve_device(s.device))
-    if s.precision == "fp16" and not s.device.startswith("cuda"):
-        raise UserError("precision 'fp16' needs a CUDA GPU; accepted on the CPU: fp32, bf16")
+    require_cuda_for_fp16(s.precision, s.device.startswith("cuda"))
     only_visible(s.device, os.environ.get("CUDA_VISIBLE_DEVICES"))  # refuses a GPU that is not there, here
     set_tf32(s.device, s.tf32)
     gflops = matmul_gflops(s.device, dtype=_dtype(s.precision))

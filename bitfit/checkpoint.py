@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 
 from . import io
 from .config import RESUMABLE_CHANGES
+from .devices import gpu_index
 from .errors import UserError
 from .runstate import COMPLETE, INTERRUPTED, NEW, STOPPED, read_state
 
@@ -83,8 +84,7 @@ def rng_for_rank(saved: dict[str, torch.Tensor], rank: int, device: torch.device
     if "torch" in saved:  # /2
         if rank != 0:
             return None
-        index = (device.index if device.index is not None else torch.cuda.current_device()) \
-            if device is not None and device.type == "cuda" else None
+        index = gpu_index(device)
         return {"torch": saved["torch"]} | ({"cuda": saved[f"cuda{index}"]} if f"cuda{index}" in saved else {})
     prefix = f"r{rank}::"
     mine = {k[len(prefix):]: v for k, v in saved.items() if k.startswith(prefix)}

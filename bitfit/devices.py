@@ -82,8 +82,7 @@ def make_accelerator(cfg):
         raise UserError(f"accelerate's gradient accumulation steps {launch_accum!r} (ACCELERATE_GRADIENT_ACCUMULATION_STEPS, "
                         f"set by accelerate launch's DeepSpeed options) contradict --grad-accum {cfg.grad_accum}; "
                         "accepted: the same number in both, or leave it out of the launch")
-    if cfg.precision == "fp16" and not cuda:
-        raise UserError("precision 'fp16' needs a CUDA GPU; accepted on the CPU: fp32, bf16")
+    require_cuda_for_fp16(cfg.precision, cuda)
     AcceleratorState._reset_state()  # a second run() in one process may use another precision; keeps the process group
     accelerator = Accelerator(cpu=cfg.cpu or not cuda, mixed_precision="no" if cfg.precision == "fp32" else cfg.precision,
                               gradient_accumulation_steps=cfg.grad_accum,
@@ -96,15 +95,28 @@ def make_accelerator(cfg):
     return accelerator
 
 
+def require_cuda_for_fp16(precision: str, cuda: bool) -> None:
+    """fp16 autocast needs a CUDA GPU (one line otherwise)."""
+    if precision == "fp16" and not cuda:
+        raise UserError("precision 'fp16' needs a CUDA GPU; accepted on the CPU: fp32, bf16")
+
+
+def set_tf32(device, on: bool) -> None:
+    """TF32 for fp32 matmuls and cuDNN on a GPU as ``--tf32`` asks (process-wide, set either way);
+    nothing on the CPU."""
+    if torch.device(device).type == "cuda":
+        torch.set_float32_matmul_precision("high" if on else "highest")
+        torch.backends.cudnn.allow_tf32 = on
+
+
 def set_arithmetic(cfg, device: torch.device, main: bool = True) -> None:
     """Apply ``--tf32`` and ``--deterministic`` for this run (process-wide settings: set either way, so a run
     never inherits an earlier run's); warn when bf16 would be emulated."""
     if cfg.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what deterministic cuBLAS needs
     torch.use_deterministic_algorithms(cfg.deterministic)
+    set_tf32(device, cfg.tf32)
     if device.type == "cuda":
-        torch.set_float32_matmul_precision("high" if cfg.tf32 else "highest")
-        torch.backends.cudnn.allow_tf32 = cfg.tf32
         if cfg.precision == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False) and main:
             log.warning("precision bf16 on %s, which has no native bf16: it is emulated (slow); fp16 or fp32 is "
                         "faster on this GPU", torch.cuda.get_device_name(device))
@@ -112,11 +124,19 @@ def set_arithmetic(cfg, device: torch.device, main: bool = True) -> None:
         log.info("--tf32 has no effect on the CPU (recorded in config.json all the same)")
 
 
+def gpu_index(device) -> int | None:
+    """The GPU index ``device`` means (plain ``cuda``: the current one, never silently 0); None off a GPU."""
+    if device is None or torch.device(device).type != "cuda":
+        return None
+    device = torch.device(device)
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def hardware(device: torch.device, num_processes: int) -> dict:
     """config.json's facts about where the run computed: GPU name and index, world size, CUDA version
     (None on the CPU), and the arithmetic switches actually in force."""
     cuda = device.type == "cuda"
-    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+    index = gpu_index(device)
     return {"gpu_name": torch.cuda.get_device_name(index) if cuda else None, "gpu_index": index,
             "world_size": num_processes, "cuda_version": torch.version.cuda if cuda else None,
             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if cuda else False,

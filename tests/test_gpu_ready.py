@@ -15,13 +15,14 @@ import torch
 from bitfit import RunConfig, bench, run
 from bitfit.config import RESUMABLE_CHANGES
 from bitfit.devices import make_accelerator
-from bitfit.errors import UserError
+from bitfit.errors import RunStopped, UserError
 from bitfit.models import load_model
 from bitfit.policies import sparse
 from bitfit.tasks import get_task
 from bitfit.training.setup import on_main
 from conftest import REPO, tiny_classifier, write_bert_tokenizer
 from test_cli import make_glue_dir, read_jsonl
+from test_reliability import interrupt_at, strip_times
 
 
 @pytest.fixture(scope="module")
@@ -120,16 +121,12 @@ def test_gpu_settings_are_recorded_and_workers_change_no_number(tmp_path, tiny_b
                                   "deterministic_algorithms")} == {
         "precision": "fp32", "gpu_name": None, "gpu_index": None, "cuda_version": None, "world_size": 1,
         "tf32_matmul": False, "deterministic_algorithms": True}
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
-    assert strip(read_jsonl(fast / "metrics.jsonl")) == strip(read_jsonl(plain / "metrics.jsonl"))
+    assert strip_times(read_jsonl(fast / "metrics.jsonl")) == strip_times(read_jsonl(plain / "metrics.jsonl"))
 
 
 def test_a_run_interrupted_on_one_gpu_index_resumes_on_another(tmp_path, tiny_bert_dir, glue_dir, monkeypatch):
     """A queue hands a re-run whichever GPU is free: the resume with another -d (and other workers) is
     accepted and ends where the uninterrupted run does (on the CPU -d is ignored: only the check runs)."""
-    from bitfit.errors import RunStopped
-    from test_reliability import interrupt_at
-
     kw = {"fine_tune_type": "bitfit", "epochs": 2}
     whole = tmp_path / "whole"
     run(cfg(whole, tiny_bert_dir, glue_dir, gpu_device=0, **kw))
@@ -141,8 +138,7 @@ def test_a_run_interrupted_on_one_gpu_index_resumes_on_another(tmp_path, tiny_be
     assert json.loads((cut / "results.json").read_text())["status"] == "interrupted"
     run(cfg(cut, tiny_bert_dir, glue_dir, gpu_device=1, num_workers=1, resume=True, **kw))
     assert json.loads((cut / "results.json").read_text())["status"] == "complete"
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
-    assert strip(read_jsonl(cut / "metrics.jsonl")) == strip(read_jsonl(whole / "metrics.jsonl"))
+    assert strip_times(read_jsonl(cut / "metrics.jsonl")) == strip_times(read_jsonl(whole / "metrics.jsonl"))
     from safetensors.torch import load_file
 
     learned, uninterrupted = load_file(cut / "delta.safetensors"), load_file(whole / "delta.safetensors")

@@ -42,21 +42,14 @@ def test_asha_stops_hopeless_runs_which_the_report_marks_and_never_counts(tiny_b
 
 
 def test_sigterm_to_the_driver_stops_cleanly_and_the_rerun_finishes_only_what_is_left(tiny_bert_dir, tmp_path):
-    import os
     import signal
-    import subprocess
-    import sys
     import time
-
-    from conftest import REPO
 
     glue = make_glue_dir(tmp_path / "glue")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "bitfit", "sweep", "--tasks", "rte", "--methods", "bitfit", "full_ft",
-           "--learning-rates", "1e-3", "1e-2", "-e", "20", "-m", str(tiny_bert_dir), "--data-dir", str(glue),
-           "-o", str(out), "--no-verbose"]
-    env = os.environ | {"PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    argv = ["--tasks", "rte", "--methods", "bitfit", "full_ft", "--learning-rates", "1e-3", "1e-2", "-e", "20",
+            "-m", tiny_bert_dir, "--data-dir", glue, "-o", out, "--no-verbose"]
+    proc = _sweep_process(argv, tmp_path)
     deadline = time.time() + 120
     while not list(out.glob("*/full/rte/*/*/checkpoint/state.json")) and time.time() < deadline:
         time.sleep(0.2)
@@ -68,8 +61,9 @@ def test_sigterm_to_the_driver_stops_cleanly_and_the_rerun_finishes_only_what_is
     assert set(states.values()) <= {"complete", "interrupted", "broken"}, states
     assert all(read_state(f).running is None for f in folders)
     done = {f: snapshot(f) for f, s in states.items() if s == "complete"}
-    rc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert rc.returncode == 0, rc.stdout + rc.stderr
+    rerun = _sweep_process(argv, tmp_path)
+    printed = rerun.communicate(timeout=300)[0]
+    assert rerun.returncode == 0, printed
     assert len(list(out.glob("*/full/rte/*/*"))) == 4
     assert all(read_state(f).status == "complete" for f in out.glob("*/full/rte/*/*"))
     assert all(snapshot(f) == before for f, before in done.items())
