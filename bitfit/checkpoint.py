@@ -207,8 +207,22 @@ def remove(run_dir: Path) -> None:
         folder.rmdir()
 
 
+_REQUESTED: list[int] = []  # a stop asked for from another thread (a sweep trial's watcher): its signal number
+
+
+def request_interrupt(signum: int = signal.SIGINT) -> None:
+    """Stop the run of this process as ``signum`` would, from any thread (a Ray worker runs the loop in one
+    that cannot receive signals): the loop ends at its next step through the interrupt path."""
+    _REQUESTED.append(int(signum))
+
+
+def clear_interrupt_request() -> None:
+    _REQUESTED.clear()
+
+
 class Interrupt:
-    """SIGINT/SIGTERM set a flag that the loop checks after every step; a second signal acts at once."""
+    """SIGINT/SIGTERM (or ``request_interrupt``) set a flag that the loop checks after every step; a second
+    signal acts at once."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -231,7 +245,9 @@ class Interrupt:
             signal.signal(sig, handler)
 
     def requested(self) -> bool:
-        """Whether a stop was asked for since the block began."""
+        """Whether a stop was asked for since the block began (or by ``request_interrupt``)."""
+        if self.signum is None and _REQUESTED:
+            self.signum = _REQUESTED[0]
         return self.signum is not None
 
 

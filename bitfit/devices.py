@@ -6,6 +6,7 @@ import logging
 import os
 import resource
 import sys
+import time
 
 import torch
 
@@ -87,9 +88,9 @@ def make_accelerator(cfg):
     accelerator = Accelerator(cpu=cfg.cpu or not cuda, mixed_precision="no" if cfg.precision == "fp32" else cfg.precision,
                               gradient_accumulation_steps=cfg.grad_accum,
                               dataloader_config=DataLoaderConfiguration(non_blocking=cuda))
-    if accelerator.device.type == "cpu" and accelerator.is_main_process:
-        reason = "--cpu given" if cfg.cpu else "no GPU found"
-        log.warning("%s: running on the CPU%s", reason, " (ignoring --gpu-device)" if cfg.gpu_device is not None else "")
+    if accelerator.device.type == "cpu" and accelerator.is_main_process:  # asked for (--cpu): said, not warned
+        (log.info if cfg.cpu else log.warning)("%s: running on the CPU%s", "--cpu given" if cfg.cpu else "no GPU found",
+                                               " (ignoring --gpu-device)" if cfg.gpu_device is not None else "")
     set_arithmetic(cfg, accelerator.device, accelerator.is_main_process)
     reset_peak_memory(accelerator.device)  # the run's peak, not an earlier run's in this process
     return accelerator
@@ -138,6 +139,19 @@ def hardware(device: torch.device, num_processes: int) -> dict:
     cuda = device.type == "cuda"
     index = gpu_index(device)
     return {"gpu_name": torch.cuda.get_device_name(index) if cuda else None, "gpu_index": index,
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "world_size": num_processes, "cuda_version": torch.version.cuda if cuda else None,
             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32 if cuda else False,
-            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled()}
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(), "ray": ray_placement()}
+
+
+def ray_placement() -> dict | None:
+    """Where Ray placed this process (a sweep's trial): its node, the GPU ids Ray gave it (what it set
+    CUDA_VISIBLE_DEVICES to) and the time of this call (config.json is written as training starts); None
+    outside a Ray worker."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    ctx = ray.get_runtime_context()
+    return {"node_id": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "time": time.time()}

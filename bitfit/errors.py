@@ -5,6 +5,14 @@ class UserError(ValueError):
     """Bad input: the message names the bad value and what would be accepted."""
 
 
+class RunBusy(UserError):
+    """The run folder is held by another process (its lock): nothing was written; the holder's PID is named."""
+
+    def __init__(self, message: str, pid: str):
+        super().__init__(message)
+        self.pid = pid
+
+
 class RunStopped(RuntimeError):
     """A run that stopped before its last epoch (interrupted, or diverged); its checkpoint is kept."""
 

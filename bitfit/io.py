@@ -110,6 +110,9 @@ def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str]) -> No
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
+SOURCE_COMMIT_ENV = "BITFIT_SOURCE_COMMIT"  # "<commit>[:dirty]" of the code a sweep's driver shipped to its workers
+
+
 def environment() -> dict:
     """Library versions and the git commit of this code, for config.json."""
     import accelerate
@@ -125,6 +128,9 @@ def environment() -> dict:
                                     capture_output=True, text=True, timeout=5).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
+    if not commit and os.environ.get(SOURCE_COMMIT_ENV):  # code a sweep shipped to a Ray node: no checkout there
+        commit, _, flag = os.environ[SOURCE_COMMIT_ENV].partition(":")
+        dirty = flag == "dirty"
     return {
         "python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
         "datasets": datasets.__version__, "accelerate": accelerate.__version__,

@@ -18,7 +18,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from .errors import UserError
+from .errors import RunBusy, UserError
 
 LOCK_FILE = ".bitfit.lock"
 
@@ -66,8 +66,9 @@ class RunLock:
             os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            raise UserError(f"run folder {str(self.folder)!r} is in use by another run (pid {_pid_in(self.path)}); "
-                            "wait for it to end or stop it (one writer per folder)") from None
+            pid = _pid_in(self.path)
+            raise RunBusy(f"run folder {str(self.folder)!r} is in use by another run (pid {pid}); "
+                          "wait for it to end or stop it (one writer per folder)", pid) from None
         try:
             same = os.fstat(fd).st_ino == os.stat(self.path).st_ino  # not unlinked by a run that just ended
         except FileNotFoundError:

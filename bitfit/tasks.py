@@ -115,3 +115,8 @@ def get_task(name: str) -> GlueTask:
         accepted = ", ".join(TASKS)
         raise UserError(f"unknown task {name!r}; accepted: {accepted} (GLUE spellings such as SST-2, STS-B also work)")
     return TASKS[canonical]
+
+
+def dev_main(task: GlueTask, rows: list[dict]) -> float:
+    """An epoch's main metric on the main dev split (what picks the best epoch), from its metrics rows."""
+    return next(r for r in rows if r["split"] == task.main_dev_split)[task.main_metric]

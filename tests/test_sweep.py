@@ -135,31 +135,57 @@ def test_dry_run_lists_every_run_its_state_and_action_and_writes_nothing(tmp_pat
     assert snapshot(tmp_path) == before
 
 
-def test_asha_ranks_a_run_only_against_its_own_task_and_method():
+def _epoch_rows(folder: Path, metric: str, values: list[float]) -> None:
+    """A run folder's metrics.jsonl with the dev ``metric`` of epochs 1, 2, ..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"epoch": e, "split": "dev", "loss": 0.5, metric: v} for e, v in enumerate(values, 1)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_asha_ranks_a_run_only_against_its_own_task_and_method(tmp_path):
     from types import SimpleNamespace
 
     from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-    from bitfit.sweep.asha import GroupedASHA
+    from bitfit.sweep.asha import decide, rungs
 
-    paths = {"mrpc_a": "out/m/full/mrpc/bitfit/lr1e-3_seed0", "mrpc_b": "out/m/full/mrpc/bitfit/lr1e-4_seed0",
-             "cola_a": "out/m/full/cola/bitfit/lr1e-3_seed0", "cola_b": "out/m/full/cola/bitfit/lr1e-4_seed0"}
-    trials = {k: SimpleNamespace(trial_id=k, config={"run": {"path": p}}) for k, p in paths.items()}
-    # epoch 1: MRPC's F1 near 0.8, CoLA's MCC near 0.1; within each task one run is clearly worse
-    results = [("mrpc_a", 0.82), ("mrpc_b", 0.70), ("cola_a", 0.15), ("cola_b", 0.05)]
-
-    def decisions(scheduler):
-        for t in trials.values():
-            scheduler.on_trial_add(None, t)
-        return {k: scheduler.on_trial_result(None, trials[k], {"epoch": 1, "main": v}) for k, v in results}
-
-    grouped = decisions(GroupedASHA({p: (str(Path(p).parent), 4) for p in paths.values()}))
-    assert grouped == {"mrpc_a": TrialScheduler.CONTINUE, "mrpc_b": TrialScheduler.STOP,
-                       "cola_a": TrialScheduler.CONTINUE, "cola_b": TrialScheduler.STOP}
+    assert (rungs(4), rungs(5), rungs(16), rungs(1)) == ([1, 2], [1, 2, 4], [1, 2, 4, 8], [])
+    base = tmp_path / "out" / "m" / "full"
+    # epoch 1, in this order: MRPC's F1 near 0.8, CoLA's MCC near 0.1; within each task one run is clearly worse
+    arrivals = [("mrpc", "f1", "lr1e-3_seed0", 0.82), ("mrpc", "f1", "lr1e-4_seed0", 0.70),
+                ("cola", "mcc", "lr1e-3_seed0", 0.15), ("cola", "mcc", "lr1e-4_seed0", 0.05)]
+    grouped = {}
+    for task, metric, name, value in arrivals:
+        run = base / task / "bitfit" / name
+        grouped[task, name] = decide(run, task, 1, value, epochs=4)
+        _epoch_rows(run, metric, [value])  # what the run writes after the decision
+    assert grouped["mrpc", "lr1e-3_seed0"] is None and grouped["cola", "lr1e-3_seed0"] is None  # first: never cut
+    assert "below the median 0.8200 of the 1 other run" in grouped["mrpc", "lr1e-4_seed0"]
+    assert "below the median 0.1500" in grouped["cola", "lr1e-4_seed0"]
+    assert decide(base / "cola" / "bitfit" / "lr7e-4_seed0", "cola", 1, 0.15, 4) is None  # a tie is never cut
+    assert decide(base / "cola" / "bitfit" / "lr7e-4_seed0", "cola", 3, 0.0, 4) is None  # epoch 3: no rung
     # one ASHA over the whole sweep (what Tune does unasked) would cut CoLA's best run for MRPC's scale
-    flat = decisions(ASHAScheduler(metric="main", mode="max", time_attr="epoch", grace_period=1,
-                                   reduction_factor=2, max_t=4))
-    assert flat["cola_a"] == TrialScheduler.STOP
+    flat = ASHAScheduler(metric="main", mode="max", time_attr="epoch", grace_period=1, reduction_factor=2, max_t=4)
+    decisions = {}
+    for task, _, name, value in arrivals:
+        t = SimpleNamespace(trial_id=task + name, config={})
+        flat.on_trial_add(None, t)
+        decisions[task, name] = flat.on_trial_result(None, t, {"epoch": 1, "main": value})
+    assert decisions["cola", "lr1e-3_seed0"] == TrialScheduler.STOP
+
+
+def test_asha_ranks_a_resumed_run_against_the_whole_group_on_disk(tmp_path):
+    from bitfit.sweep.asha import decide
+
+    group = tmp_path / "m" / "full" / "stsb" / "bitfit"
+    for name, values in {"lr1e-4_seed0": [0.2, 0.3, 0.4, 0.5], "lr1e-3_seed0": [0.6, 0.7, 0.8, 0.85]}.items():
+        _epoch_rows(group / name, "pearson", values)  # complete runs of an earlier invocation
+    (group / "lr1e-2_seed0").mkdir()
+    (group / "lr1e-2_seed0" / "metrics.jsonl").write_text('{"epoch": 2, "split": "dev", "pears')  # being written
+    resumed = group / "lr7e-4_seed0"
+    # at epoch 2 the group recorded 0.3 and 0.7 (median 0.5); the half-written file counts for nothing
+    assert "below the median 0.5000 of the 2 other runs" in decide(resumed, "stsb", 2, 0.45, epochs=4)
+    assert decide(resumed, "stsb", 2, 0.55, epochs=4) is None
 
 
 def test_progress_counts_trials_and_estimates_time_left_from_epochs():
@@ -246,6 +272,10 @@ def test_rerun_resumes_interrupted_restarts_broken_and_reports_a_failing_trial(s
     root, glue, _ = swept
     work = root / "rerun"
     shutil.copytree(root / "out", work)
+    data = root / "glue_mrpc"
+    shutil.copytree(glue, data)
+    (data / "MRPC").mkdir()
+    (data / "MRPC" / "train.tsv").write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n")  # no rows: fails in its trial
     runs = _runs(root, tiny_bert_dir)
     moved = {k: work / v.relative_to(root / "out") for k, v in runs.items()}
     for name in ("results.json", "delta.safetensors"):  # interrupted after its last epoch's checkpoint
@@ -253,11 +283,11 @@ def test_rerun_resumes_interrupted_restarts_broken_and_reports_a_failing_trial(s
     (moved["full_ft", "1e-2"] / "config.json").write_text("{not json")  # broken
     untouched = snapshot(moved["bitfit", "1e-2"])
     capsys.readouterr()
-    rc = sweep(*GRID[:1], "rte", "mrpc", *GRID[2:], "-m", tiny_bert_dir, "--data-dir", glue, "-o", work)
+    rc = sweep(*GRID[:1], "rte", "mrpc", *GRID[2:], "-m", tiny_bert_dir, "--data-dir", data, "-o", work)
     out = capsys.readouterr()
-    assert rc == 1  # mrpc has no data in this folder: that trial fails, the others finish
+    assert rc == 1  # mrpc's training file has no rows: those trials fail, the others finish
     assert "1 to resume, 1 to restart, 4 to start" in out.err
-    assert "failed: " in out.out and "MRPC" in out.out
+    assert "failed: " in out.out and "MRPC" in out.out and "run again" not in out.out  # its own error: not retried
     assert "sweep: 2 done, 4 failed, 2 skipped (complete before)" in out.out
     for key in (("bitfit", "1e-3"), ("full_ft", "1e-2")):
         assert json.loads((moved[key] / "results.json").read_text())["status"] == "complete"

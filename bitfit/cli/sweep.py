@@ -12,13 +12,14 @@ to every trial. See docs/SWEEPS.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import UserError
 from ..sweep.grid import PER_TRIAL, SETTINGS, Sweep, expand, method_items, parse_method
-from ..sweep.plan import BUSY, SKIP, SKIP_DIVERGED, TO_RUN, plan, plan_lines
+from ..sweep.plan import BUSY, SKIP, SKIP_DIVERGED, SKIP_STOPPED, TO_RUN, plan, plan_lines
 from ..sweep.presets import PRESETS, preset
 from .args import add_dataclass_flags
 
@@ -50,12 +51,18 @@ def build_parser(p):
     s.add_argument("--dry-run", action="store_true", help="list every run, its state and what would be done; run nothing")
     s.add_argument("--retry-diverged", action="store_true", help="train again the runs that diverged before")
     s.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs Ray reserves per trial")
-    s.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs per trial; fractional packs runs (0.25: four per GPU)")
+    s.add_argument("--gpus-per-run", type=float, default=None, help="GPUs per trial (default: 1 where Ray finds GPUs, "
+                   "else 0); a fraction packs runs (0.25: four per GPU); 0: train on the CPU")
     s.add_argument("--max-concurrent", type=int, default=0, help="at most this many trials at once (0: as resources allow)")
     s.add_argument("--address", help="join a Ray cluster instead of starting Ray here: HOST:PORT, or 'auto' ($RAY_ADDRESS, "
                    "else the cluster `ray start` runs on this machine); without it the sweep always starts its own")
+    s.add_argument("--max-retries", type=int, default=2, help="run a trial again (it resumes from its folder) when its "
+                   "worker or node was lost, at most this many times")
     s.add_argument("--early-stop", choices=("none", "asha"), default="none", help="stop hopeless runs early "
-                   "(Tune's ASHA on the dev main metric); off by default: the paper's protocol is the full grid")
+                   "(ASHA on the dev main metric, within each task and method); off by default: the paper's protocol "
+                   "is the full grid")
+    s.add_argument("--complete-stopped", action="store_true", help="with --early-stop: also train to the end the runs "
+                   "an earlier ASHA sweep cut (a sweep without --early-stop always does)")
     s.add_argument("--report-dir", metavar="DIR", help="also write the report (python -m bitfit report) of the sweep's runs here")
     r = p.add_argument_group("run_glue.py flags, passed to every trial (defaults as run_glue.py)")
     add_dataclass_flags(r, _NoPerTrial)
@@ -82,6 +89,8 @@ def _read_yaml(path: str) -> dict:
         spec = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
         raise UserError(f"cannot read sweep file {path!r}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"sweep file {path!r} is not UTF-8 text (byte {e.start}); accepted: a YAML file in UTF-8") from None
     except yaml.YAMLError as e:
         raise UserError(f"sweep file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(spec, dict):
@@ -135,16 +144,67 @@ def _per_method(spec: dict, key: str, values: dict) -> None:
 def _check_resources(args) -> None:
     if not args.cpus_per_run > 0:
         raise UserError(f"--cpus-per-run {args.cpus_per_run:g} out of range; accepted: > 0")
-    if not 0 <= args.gpus_per_run <= 64:
+    if args.gpus_per_run is not None and not 0 <= args.gpus_per_run <= 64:
         raise UserError(f"--gpus-per-run {args.gpus_per_run:g} out of range; accepted: 0 to 64 (fractions pack runs)")
     if args.max_concurrent < 0:
         raise UserError(f"--max-concurrent {args.max_concurrent} out of range; accepted: 0 (no limit) or more")
+    if args.max_retries < 0:
+        raise UserError(f"--max-retries {args.max_retries} out of range; accepted: 0 or more")
+
+
+def _check_placement(args, settings: dict) -> None:
+    """Ray places a sweep's runs: -d is refused, and --cpu means no GPU per run."""
+    if settings.get("gpu_device") is not None:
+        raise UserError(f"-d/--gpu-device {settings['gpu_device']} picks a GPU for one run; in a sweep Ray gives each "
+                        "run its GPU; accepted: leave -d out, and use --gpus-per-run (0: train on the CPU)")
+    if settings.get("cpu") and args.gpus_per_run:
+        raise UserError(f"--cpu contradicts --gpus-per-run {args.gpus_per_run:g}; accepted: one of them "
+                        "(--gpus-per-run 0 trains on the CPU)")
+    if settings.get("cpu"):
+        args.gpus_per_run = 0.0
+
+
+def _check_paths(out: str, trials) -> None:
+    """Before Ray starts: the output root can be a folder we write, the data folders and a local model exist."""
+    from ..models import resolve_model
+    from ..tasks import get_task
+
+    _check_output_root(Path(out))
+    settings = trials[0].settings
+    resolve_model(settings.get("model_name") or RunConfig.__dataclass_fields__["model_name"].default)
+    data = trials[0].config().data_dir
+    if data is None:
+        return  # the datasets hub
+    if not Path(data).is_dir():
+        raise UserError(f"data dir {data!r} is not a folder; accepted: a folder in the GLUE TSV layout "
+                        "(e.g. glue_data/RTE/train.tsv)")
+    for name in dict.fromkeys(t.settings["task_name"] for t in trials):
+        train = Path(data) / get_task(name).glue_name / "train.tsv"
+        if not train.is_file():
+            raise UserError(f"data dir {data!r} has no {train.relative_to(data)} for task {get_task(name).glue_name}; "
+                            "accepted: the GLUE TSV layout, or leave that task out of the sweep")
+
+
+def _check_output_root(out: Path) -> None:
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == out and not out.is_dir():
+        raise UserError(f"-o {str(out)!r} is a file; accepted: a folder (new or holding run folders)")
+    if not existing.is_dir():
+        raise UserError(f"-o {str(out)!r} is under {str(existing)!r}, which is a file; accepted: a folder path")
+    if not os.access(existing, os.W_OK | os.X_OK) or os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise UserError(f"-o {str(out)!r}: cannot write in {str(existing)!r} (not writable); accepted: a folder you "
+                        "can write in")
 
 
 def cli(args) -> int:
     _check_resources(args)
     trials = expand(Sweep.from_dict(grid_spec(args), out=args.output_root))
-    planned = plan(trials, retry_diverged=args.retry_diverged)
+    _check_placement(args, trials[0].settings)
+    _check_paths(args.output_root, trials)
+    early = args.early_stop != "none"
+    planned = plan(trials, retry_diverged=args.retry_diverged, complete_stopped=not early or args.complete_stopped)
     if args.dry_run:
         print("\n".join(plan_lines(planned)))
         return 0
@@ -153,21 +213,23 @@ def cli(args) -> int:
 
 
 def _run(args, planned) -> int:
-    from ..sweep.driver import Resources, outcomes, run_sweep
+    from ..sweep.driver import Resources, SweepResult, outcomes, run_sweep
     from ..sweep.progress import Progress
     from ..sweep.summary import best_rate_lines, outcome_lines
     from .sweep_trial import make_trainable
 
     to_run = [p for p in planned if p.action in TO_RUN]
-    errors = {}
+    result = SweepResult()
     early = None if args.early_stop == "none" else args.early_stop
+    progress = None
     if to_run:
-        res = Resources(args.cpus_per_run, args.gpus_per_run, args.address, early, args.max_concurrent)
+        res = Resources(args.cpus_per_run, args.gpus_per_run, args.address, early, args.max_concurrent, args.max_retries)
         progress = Progress({str(p.trial.path): p.trial.config().epochs for p in to_run})
-        errors = run_sweep(to_run, make_trainable(bool(early)), res, Path(args.output_root), callbacks=[progress])
-    outs = outcomes(to_run, errors)
-    count = {a: sum(p.action == a for p in planned) for a in (SKIP, SKIP_DIVERGED, BUSY)}
-    lines = outcome_lines(outs, count[SKIP], count[SKIP_DIVERGED], count[BUSY])
+        result = run_sweep(to_run, make_trainable(), res, Path(args.output_root), callbacks=[progress])
+    outs = outcomes(to_run, result)
+    count = {a: sum(p.action == a for p in planned) for a in (SKIP, SKIP_DIVERGED, SKIP_STOPPED, BUSY)}
+    lines = outcome_lines(outs, count[SKIP], count[SKIP_DIVERGED], count[SKIP_STOPPED], count[BUSY])
+    lines += progress.warning_lines() if progress is not None else []
     lines += best_rate_lines([p.trial.path for p in planned])
     if args.report_dir:
         from ..report import write_report
@@ -176,4 +238,6 @@ def _run(args, planned) -> int:
         readme = write_report(roots, args.report_dir, overwrite=True)
         lines.append(f"report: {readme}")
     print("\n".join(lines))
-    return 0 if all(o.status in ("done", "stopped") for o in outs) else 1
+    if result.signum is not None:
+        return 128 + result.signum
+    return 0 if all(o.status in ("done", "stopped", "left alone") for o in outs) else 1

@@ -1,38 +1,88 @@
-"""``--early-stop asha`` within each group of comparable runs.
+"""``--early-stop asha``: asynchronous successive halving within each group of comparable runs, decided
+by the trial itself from the run folders on disk.
 
-    from bitfit.sweep.asha import GroupedASHA
-    scheduler = GroupedASHA({"runs/minilm/full/rte/bitfit/lr1e-3_seed0": ("runs/minilm/full/rte/bitfit", 10), ...})
+    from bitfit.sweep.asha import decide
+    decide(Path("runs/minilm/full/rte/bitfit/lr1e-3_seed0"), "rte", epoch=2, value=0.61, epochs=10)
+    # None (go on), or why the run is cut
 
-Tune's ASHA ranks every trial of a sweep against every other at each rung. A sweep mixes tasks and
-methods whose dev main metrics are not on one scale (CoLA's MCC near 0.1 beside MRPC's F1 near 0.8),
-so one ASHA over all of them would cut every CoLA run for being "worse" than MRPC's. Here each group
-of runs that ``report`` compares with one another (one model, training size, task and method: the
-run folder's parent) has its own successive-halving bracket, rungs at epochs 1, 2, 4, ... up to the
-group's epochs; a run is cut only when it is among the worse half of its own group at a rung.
+A sweep mixes tasks and methods whose dev main metrics are not on one scale (CoLA's MCC near 0.1
+beside MRPC's F1 near 0.8), so one ASHA over all of them would cut every CoLA run. A group is what
+``report`` compares to choose a learning rate: one model, training size, task and method, i.e. the
+runs of one method folder. Rungs are at epochs 1, 2, 4, ... below the run's last epoch (grace period
+1, reduction factor 2); at a rung, a run below the median of what the group's other runs recorded
+at that rung is cut. As Tune's ``ASHAScheduler``: asynchronous (a run is compared with those that
+reached the rung before it), the first to arrive and a tie are never cut.
+
+The record is each run folder's own ``metrics.jsonl``: every run of the group that reached the rung,
+in this invocation or an earlier one. So a rerun is ranked against the whole group (a resumed run is
+not compared only with the runs resumed with it), the decision needs no scheduler state in the
+driver and no private Ray class, and on a cluster it works wherever the run folders are shared.
 """
 
 from __future__ import annotations
 
-from ray.tune.schedulers.async_hyperband import AsyncHyperBandScheduler, _Bracket
+import json
+import math
+from pathlib import Path
+from statistics import median
+
+from ..tasks import dev_main, get_task
 
 REDUCTION = 2  # keep the better half at each rung
 GRACE = 1  # epochs every run trains before it can be cut
 
 
-class GroupedASHA(AsyncHyperBandScheduler):
-    """Ray's asynchronous successive halving, one bracket per group of comparable runs."""
+def rungs(epochs: int) -> list[int]:
+    """The epochs at which a run of ``epochs`` epochs can be cut: 1, 2, 4, ... below its last."""
+    out, r = [], GRACE
+    while r < epochs:
+        out.append(r)
+        r *= REDUCTION
+    return out
 
-    def __init__(self, groups: dict[str, tuple[str, int]], metric: str = "main", time_attr: str = "epoch"):
-        """``groups``: run folder -> (its group, the group's epochs)."""
-        top = max((epochs for _, epochs in groups.values()), default=2)
-        super().__init__(time_attr=time_attr, metric=metric, mode="max", grace_period=GRACE,
-                         reduction_factor=REDUCTION, max_t=max(top, 2))
-        self._groups = dict(groups)
-        self._group_brackets: dict[str, _Bracket] = {}
 
-    def on_trial_add(self, tune_controller, trial) -> None:
-        super().on_trial_add(tune_controller, trial)  # checks metric and mode, then picks the shared bracket ...
-        group, epochs = self._groups[trial.config["run"]["path"]]
-        if group not in self._group_brackets:
-            self._group_brackets[group] = _Bracket(GRACE, max(epochs, 2), REDUCTION, 0)
-        self._trial_info[trial.trial_id] = self._group_brackets[group]  # ... which its group's replaces
+def recorded(run: Path, task_name: str, epoch: int) -> dict[Path, float]:
+    """The dev main metric at ``epoch`` of every other run in ``run``'s group that has reached it."""
+    task = get_task(task_name)
+    found = {}
+    for other in sorted(run.parent.iterdir()) if run.parent.is_dir() else []:
+        if other == run or not other.is_dir():
+            continue
+        rows = _rows(other / "metrics.jsonl", epoch)
+        try:
+            value = float(dev_main(task, rows))
+        except (StopIteration, KeyError, TypeError, ValueError):
+            continue  # has not reached the epoch, or not a run of this task
+        if math.isfinite(value):
+            found[other] = value
+    return found
+
+
+def _rows(path: Path, epoch: int) -> list[dict]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    rows = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line another process is writing
+        if isinstance(row, dict) and row.get("epoch") == epoch:
+            rows.append(row)
+    return rows
+
+
+def decide(run: Path, task_name: str, epoch: int, value: float, epochs: int) -> str | None:
+    """Why ``run`` is cut after ``epoch`` (dev main metric ``value``), or None to go on."""
+    if epoch not in rungs(epochs):
+        return None
+    others = recorded(Path(run), task_name, epoch)
+    if not others:
+        return None
+    cutoff = median(others.values())
+    if value < cutoff:
+        return (f"ASHA cut it at epoch {epoch}: dev {get_task(task_name).main_metric} {value:.4f} is below the median "
+                f"{cutoff:.4f} of the {len(others)} other run{'s' if len(others) > 1 else ''} of its group at that epoch")
+    return None

@@ -109,37 +109,71 @@ class Sweep:
     @classmethod
     def from_dict(cls, spec: dict, out: str | os.PathLike) -> Sweep:
         """The YAML/preset form: tasks, methods (names, or name -> {learning_rates, epochs}), learning_rates,
-        epochs, seeds, sizes, settings."""
-        unknown = sorted(set(spec) - set(GRID_KEYS))
+        epochs, seeds, sizes, settings. A value of the wrong type is one line naming its key."""
+        unknown = sorted(set(spec) - set(GRID_KEYS), key=str)
         if unknown:
             raise UserError(f"unknown sweep key {unknown[0]!r}; accepted: {', '.join(GRID_KEYS)}")
-        lrs, epochs = spec.get("learning_rates"), spec.get("epochs")
+        lrs = spec.get("learning_rates")
+        epochs = epochs_value(spec["epochs"], "epochs") if spec.get("epochs") is not None else None
         methods = [_method_grid(name, opts, lrs, epochs) for name, opts in method_items(spec.get("methods"))]
-        settings = dict(spec.get("settings") or {})
-        bad = sorted(set(settings) - SETTINGS)
+        settings = spec.get("settings") or {}
+        if not isinstance(settings, dict):
+            raise UserError(f"sweep key 'settings' is a {type(settings).__name__}; accepted: a mapping of run_glue.py "
+                            "settings, e.g. settings: {batch_size: 8, max_seq_length: 128}")
+        bad = sorted(set(settings) - SETTINGS, key=str)
         if bad:
             raise UserError(f"unknown or per-trial setting {bad[0]!r} in the sweep's settings; accepted: "
                             f"{', '.join(sorted(SETTINGS))} (tasks, methods, rates, seeds and sizes are grid keys)")
-        return cls(tasks=[get_task(t).name for t in _listed(spec, "tasks")], methods=methods,
-                   seeds=[seed_value(s) for s in spec.get("seeds", [0])],
-                   sizes=[size_value(s) for s in spec.get("sizes", [None])], settings=settings, out=Path(out))
+        return cls(tasks=[get_task(_text(t, "tasks")).name for t in _listed(spec, "tasks")], methods=methods,
+                   seeds=[seed_value(s) for s in as_list(spec.get("seeds", [0]), "seeds")],
+                   sizes=[size_value(s) for s in as_list(spec.get("sizes", [None]), "sizes")], settings=dict(settings),
+                   out=Path(out))
+
+
+def as_list(value, key: str) -> list:
+    """A list as given, a single value as a list of one; a mapping is refused naming ``key``."""
+    if isinstance(value, dict):
+        raise UserError(f"sweep key {key!r} is a mapping; accepted: a list (e.g. {key}: [a, b]) or a single value")
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _text(value, key: str) -> str:
+    if not isinstance(value, str):
+        raise UserError(f"sweep key {key!r} has {value!r}; accepted: names (text)")
+    return value
+
+
+def epochs_value(value, key: str) -> int:
+    """A whole number of epochs >= 1 (``2.5``, ``two``, ``true`` are refused, naming ``key``)."""
+    text = str(value).strip()
+    if isinstance(value, bool) or isinstance(value, float) or not text.isdigit() or int(text) < 1:
+        raise UserError(f"sweep key {key!r} has {value!r}; accepted: a whole number of epochs >= 1")
+    return int(text)
 
 
 def _listed(spec: dict, key: str) -> list:
     values = spec.get(key)
     if not values:
         raise UserError(f"the sweep needs {key}: give --{key.replace('_', '-')} (or {key}: in the YAML file, or a --preset)")
-    return list(values) if isinstance(values, (list, tuple)) else [values]
+    return as_list(values, key)
 
 
 def method_items(methods) -> list[tuple[str, dict]]:
     if not methods:
         raise UserError("the sweep needs methods: give --methods (or methods: in the YAML file, or a --preset)")
     if isinstance(methods, dict):
-        return [(name, opts or {}) for name, opts in methods.items()]
-    items = []
-    for m in methods if isinstance(methods, (list, tuple)) else [methods]:
-        items += list(m.items()) if isinstance(m, dict) else [(m, {})]
+        items = list(methods.items())
+    else:
+        items = []
+        for m in methods if isinstance(methods, (list, tuple)) else [methods]:
+            items += list(m.items()) if isinstance(m, dict) else [(m, {})]
+    for name, opts in items:
+        if not isinstance(name, str):
+            raise UserError(f"sweep key 'methods' has {name!r}; accepted: method names such as bitfit, full_ft, "
+                            "bitfit:query,intermediate")
+        if opts is not None and not isinstance(opts, dict):
+            raise UserError(f"sweep key 'methods.{name}' has {opts!r}; accepted: nothing, or a mapping with "
+                            "learning_rates and epochs (e.g. {learning_rates: [1e-4, 1e-3], epochs: 16})")
     return [(name, opts or {}) for name, opts in items]
 
 
@@ -150,8 +184,10 @@ def _method_grid(name: str, opts: dict, lrs, epochs) -> MethodGrid:
     rates = opts.get("learning_rates", lrs)
     if not rates:
         raise UserError(f"method {name!r} has no learning rates: give --learning-rates (or learning_rates:)")
-    rates = rates if isinstance(rates, (list, tuple)) else [rates]
-    return MethodGrid(parse_method(name), tuple(dict.fromkeys(lr_text(r) for r in rates)), opts.get("epochs", epochs))
+    rates = as_list(rates, f"methods.{name}.learning_rates" if "learning_rates" in opts else "learning_rates")
+    own = opts.get("epochs")
+    epochs = epochs_value(own, f"methods.{name}.epochs") if own is not None else epochs
+    return MethodGrid(parse_method(name), tuple(dict.fromkeys(lr_text(r) for r in rates)), epochs)
 
 
 def model_slug(model: str) -> str:

@@ -4,7 +4,9 @@
     for p in plan(trials):
         print(p.action, p.trial.path, p.state.reason)   # "skip" / "resume" / "overwrite" / "new" / "busy"
 
-- complete: skip;  interrupted, stopped: resume (``--resume``);  broken: overwrite (``--overwrite``);
+- complete: skip;  interrupted: resume (``--resume``);  broken: overwrite (``--overwrite``);
+- stopped (cut by ``--early-stop asha``): resume when the sweep runs without early stopping (or with
+  ``complete_stopped``), else skip: the same ASHA sweep run again trains nothing;
 - new: start it;  diverged: skip and say so (``retry_diverged``: overwrite);
 - a folder another process holds now (its lock): busy, left alone.
 
@@ -19,15 +21,18 @@ from dataclasses import dataclass
 from ..runstate import BROKEN, COMPLETE, DIVERGED, INTERRUPTED, NEW, STOPPED, RunState, read_state
 from .grid import Trial
 
-SKIP, RESUME, OVERWRITE, START, BUSY, SKIP_DIVERGED = "skip", "resume", "overwrite", "new", "busy", "skip-diverged"
+SKIP, RESUME, OVERWRITE, START, BUSY, SKIP_DIVERGED, SKIP_STOPPED = ("skip", "resume", "overwrite", "new", "busy",
+                                                                    "skip-diverged", "skip-stopped")
 TO_RUN = (RESUME, OVERWRITE, START)
 
 
-def action_for(state: RunState, retry_diverged: bool = False) -> str:
+def action_for(state: RunState, retry_diverged: bool = False, complete_stopped: bool = True) -> str:
     if state.running is not None:
         return BUSY
     if state.status == DIVERGED:
         return OVERWRITE if retry_diverged else SKIP_DIVERGED
+    if state.status == STOPPED and not complete_stopped:
+        return SKIP_STOPPED
     return {COMPLETE: SKIP, INTERRUPTED: RESUME, STOPPED: RESUME, BROKEN: OVERWRITE, NEW: START}[state.status]
 
 
@@ -43,8 +48,8 @@ class Planned:
     action: str
 
 
-def plan(trials: list[Trial], retry_diverged: bool = False) -> list[Planned]:
-    return [Planned(t, st, action_for(st, retry_diverged)) for t in trials for st in [read_state(t.path)]]
+def plan(trials: list[Trial], retry_diverged: bool = False, complete_stopped: bool = True) -> list[Planned]:
+    return [Planned(t, st, action_for(st, retry_diverged, complete_stopped)) for t in trials for st in [read_state(t.path)]]
 
 
 def plan_lines(planned: list[Planned]) -> list[str]:
@@ -58,6 +63,8 @@ def counts_line(planned: list[Planned]) -> str:
     for p in planned:
         counts[p.action] = counts.get(p.action, 0) + 1
     words = {SKIP: "complete (skipped)", SKIP_DIVERGED: "diverged (skipped; --retry-diverged runs them again)",
+             SKIP_STOPPED: "stopped early (skipped; a sweep without --early-stop, or --complete-stopped, completes them)",
              RESUME: "to resume", OVERWRITE: "to restart", START: "to start", BUSY: "running elsewhere (left alone)"}
-    parts = [f"{counts[a]} {words[a]}" for a in (SKIP, SKIP_DIVERGED, BUSY, RESUME, OVERWRITE, START) if counts.get(a)]
+    parts = [f"{counts[a]} {words[a]}" for a in (SKIP, SKIP_DIVERGED, SKIP_STOPPED, BUSY, RESUME, OVERWRITE, START)
+             if counts.get(a)]
     return f"{len(planned)} runs: " + ", ".join(parts)

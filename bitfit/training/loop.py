@@ -30,6 +30,7 @@ from ..logs import setup_logging
 from ..metrics import compute_metrics
 from ..plots import plot_learning_curves
 from ..progress import progress
+from ..tasks import dev_main
 from ..submit import write_submission
 from . import stops
 from .evaluate import predict
@@ -318,11 +319,6 @@ def evaluate(tr: Training, epoch: int, loss: float, seen: int, seconds: float) -
         else:
             rows.append({"epoch": epoch, "split": name, "loss": loss, **metrics})
     return rows
-
-
-def dev_main(task, rows: list[dict]) -> float:
-    """The epoch's main metric on the main dev split (what picks the best epoch)."""
-    return next(r for r in rows if r["split"] == task.main_dev_split)[task.main_metric]
 
 
 def end_epoch(tr: Training, epoch: int, rows: list[dict], seen: int, seconds: float) -> None:
