@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import UserError
-from ..sweep.grid import PER_TRIAL, SETTINGS, Sweep, expand, method_items, parse_method
+from ..sweep.grid import PER_TRIAL, SETTINGS, Sweep, expand, method_items, parse_method, settings_value
 from ..sweep.plan import BUSY, SKIP, SKIP_DIVERGED, SKIP_STOPPED, TO_RUN, plan, plan_lines
 from ..sweep.presets import PRESETS, preset
 from .args import add_dataclass_flags
@@ -109,7 +109,7 @@ def grid_spec(args) -> dict:
     spec = preset(args.preset) if args.preset else {}
     if args.config:
         given = _read_yaml(args.config)
-        settings = {**spec.get("settings", {}), **(given.get("settings") or {})}
+        settings = {**spec.get("settings", {}), **settings_value(given.get("settings"))}
         spec = {**spec, **given, "settings": settings}
     spec["methods"] = _methods(spec)
     if args.methods:

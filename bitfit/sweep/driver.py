@@ -124,7 +124,10 @@ def connect(res: Resources) -> None:
                 "logging_level": logging.WARNING}
     if not res.address:  # "local": a Ray of its own, even where RAY_ADDRESS is set or `ray start` left one running
         raycompat.set_worker_niceness(os.getpriority(os.PRIO_PROCESS, 0))  # trials run at the sweep's niceness
-        ray.init(address="local", **({"num_cpus": os.cpu_count() or 1} | LOCAL_INIT), **kw)
+        try:
+            ray.init(address="local", **({"num_cpus": os.cpu_count() or 1} | LOCAL_INIT), **kw)
+        except (ValueError, RuntimeError, ConnectionError, OSError) as e:
+            raise UserError(f"cannot start Ray on this machine: {str(e).splitlines()[0]}") from None
         return
     check_address(res.address)
     failure: list[BaseException] = []
@@ -263,7 +266,7 @@ def _round(pending, trainable, res: Resources, folder: Path, result: SweepResult
         run_config=tune.RunConfig(name=f"round{attempt}", storage_path=str(folder), verbose=0,
                                   stop=stopper,
                                   failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                                  callbacks=[*callbacks, stopper]))
+                                  callbacks=[*callbacks, stopper, raycompat.Silent()]))
     lost = {}
     for r in tuner.fit():
         if r.error is None:

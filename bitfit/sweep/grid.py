@@ -116,10 +116,7 @@ class Sweep:
         lrs = spec.get("learning_rates")
         epochs = epochs_value(spec["epochs"], "epochs") if spec.get("epochs") is not None else None
         methods = [_method_grid(name, opts, lrs, epochs) for name, opts in method_items(spec.get("methods"))]
-        settings = spec.get("settings") or {}
-        if not isinstance(settings, dict):
-            raise UserError(f"sweep key 'settings' is a {type(settings).__name__}; accepted: a mapping of run_glue.py "
-                            "settings, e.g. settings: {batch_size: 8, max_seq_length: 128}")
+        settings = settings_value(spec.get("settings"))
         bad = sorted(set(settings) - SETTINGS, key=str)
         if bad:
             raise UserError(f"unknown or per-trial setting {bad[0]!r} in the sweep's settings; accepted: "
@@ -128,6 +125,16 @@ class Sweep:
                    seeds=[seed_value(s) for s in as_list(spec.get("seeds", [0]), "seeds")],
                    sizes=[size_value(s) for s in as_list(spec.get("sizes", [None]), "sizes")], settings=dict(settings),
                    out=Path(out))
+
+
+def settings_value(value) -> dict:
+    """The sweep's ``settings:``: a mapping (or nothing), else one line."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise UserError(f"sweep key 'settings' is a {type(value).__name__}; accepted: a mapping of run_glue.py "
+                        "settings, e.g. settings: {batch_size: 8, max_seq_length: 128}")
+    return value
 
 
 def as_list(value, key: str) -> list:

@@ -15,7 +15,11 @@
 - ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1``: no TensorBoard/CSV/JSON files of Tune's own (runs log to
   their folders; ``--report-to tensorboard`` writes ``<run>/tensorboard``), and no hint pointing
   TensorBoard at /tmp/ray.
-- The token-authentication warning Ray logs at every start (``ray._private.authentication``).
+- ``Silent``: with the older output, Tune adds a ``TrialProgressCallback`` that prints "Trial ...
+  completed. Last result:" lines, unless the callbacks hold one already: this one, which prints nothing.
+- The token-authentication warning Ray logs at every start (``ray._private.authentication``), and
+  Tune's "failed to fetch metrics" for the result files turned off above (what a trial did is read
+  from its run folder).
 """
 
 from __future__ import annotations
@@ -25,13 +29,15 @@ import os
 
 from ray.exceptions import RayTaskError
 from ray.tune import Callback
+from ray.tune.progress_reporter import TrialProgressCallback
 from ray.tune.stopper import Stopper
 
 from .control import stop_requested
 
 NICENESS_ENV = "RAY_worker_niceness"
 QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_SIGINT_HANDLER": "1", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
-NOISY_LOGGERS = ("ray._private.authentication.authentication_token_setup",)
+NOISY_LOGGERS = ("ray._private.authentication.authentication_token_setup",  # a warning at every start
+                 "ray.tune.analysis.experiment_analysis")  # "failed to fetch metrics": Tune's own files are off
 
 
 def quiet() -> None:
@@ -74,3 +80,16 @@ class StopWhenInterrupted(Callback, Stopper):
 
     def stop_all(self) -> bool:
         return not self.running and stop_requested(self.folder) is not None
+
+
+class Silent(TrialProgressCallback):
+    """Tune's per-trial printer, printing nothing (its presence keeps Tune from adding a printing one)."""
+
+    def on_trial_result(self, *args, **kw):
+        pass
+
+    def on_trial_error(self, *args, **kw):
+        pass
+
+    def on_trial_complete(self, *args, **kw):
+        pass
