@@ -16,18 +16,37 @@ log = logging.getLogger("bitfit")
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """This process's peak: GPU memory allocated on ``device`` since ``reset_peak_memory``, or on the CPU
-    the process's peak resident size (since it started: the CPU's peak cannot be reset)."""
+    """This process's peak since ``reset_peak_memory``: GPU memory allocated on ``device``, or on the CPU the
+    process's peak resident size (Linux's VmHWM, which ``reset_peak_memory`` resets; elsewhere the peak since
+    the process started)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    hwm = _vm_hwm_kb()
+    if hwm is not None:
+        return hwm / 1024
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 if sys.platform != "darwin" else kb / 2**20
 
 
+def _vm_hwm_kb() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), None)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def reset_peak_memory(device: torch.device) -> None:
-    """Start ``peak_memory_mb`` afresh on a GPU (a second run in one process reports its own peak)."""
+    """Start ``peak_memory_mb`` afresh (a second run in one process, such as a sweep's reused Ray worker,
+    reports its own peak): the GPU's counter, or on Linux the process's VmHWM (``/proc/self/clear_refs``)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak resident set size to the current one (Linux >= 4.0)
+    except OSError:
+        pass
 
 
 def max_peak_memory_mb(accelerator) -> float:

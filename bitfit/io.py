@@ -135,4 +135,5 @@ def environment() -> dict:
         "python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
         "datasets": datasets.__version__, "accelerate": accelerate.__version__,
         "git_commit": commit, "git_dirty": dirty, "command": sys.argv, "cwd": os.getcwd(),
+        "code": str(root),  # where this process imported bitfit from (a sweep's trial: the copy Ray shipped)
     }

@@ -117,7 +117,7 @@ def _cuda_here() -> bool:
 # The files that take longest (real Ray sweeps, the README's commands, two-process launches, real data),
 # longest first: they start first, so that parallel workers (pytest-xdist, one file per worker at a
 # time) do not end with one long file running alone. Measured with --durations on two cores.
-LONGEST_FIRST = ("test_sweep_faults.py", "test_readme.py", "test_sweep.py", "test_multiproc_stops.py",
+LONGEST_FIRST = ("test_sweep_faults.py", "test_readme.py", "test_sweep.py", "test_sweep_cluster.py", "test_multiproc_stops.py",
                  "test_reliability.py", "test_hardening.py", "test_golden.py", "test_bench.py")
 
 

@@ -271,4 +271,4 @@ def test_unmarked_tests_see_no_gpu():
 
 def test_gpu_marker_is_registered_and_slow_tests_stay_out():
     opts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
-    assert any(m.startswith("gpu:") for m in opts["markers"]) and opts["addopts"].startswith("-m 'not slow' -rs")
+    assert any(m.startswith("gpu:") for m in opts["markers"]) and opts["addopts"].startswith("-m 'not slow and not cluster' -rs")

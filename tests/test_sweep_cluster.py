@@ -1,4 +1,5 @@
-"""python -m bitfit sweep where users run it, emulated on a CPU box: GPUs declared to Ray (Ray sets each
+"""python -m bitfit sweep where users run it, emulated on a CPU box (the tests marked ``cluster`` take a few
+minutes and run apart: python -m pytest -m cluster; .ci/run runs them after the default suite): GPUs declared to Ray (Ray sets each
 trial's CUDA_VISIBLE_DEVICES as on a GPU box), a second Ray node that cannot see the output folder
 (its own mount namespace), requests no node can meet, an address where no cluster answers, two sweeps
 into one output root at once, an ASHA sweep run again, the driver killed with SIGKILL, and the
@@ -66,13 +67,22 @@ def test_eight_runs_at_half_a_gpu_share_four_declared_gpus_two_per_gpu(four_decl
     assert max(_most_at_once(runs, g) for g in used) == 2  # packed two per GPU, never more
 
 
-def test_by_default_each_run_gets_a_whole_gpu_and_d_is_refused(four_declared_gpus, tiny_bert_dir, tmp_path, capsys):
+def test_d_and_contradicting_cpu_flags_are_refused_in_a_sweep(tiny_bert_dir, tmp_path, capsys):
+    grid = ["--tasks", "rte", "--methods", "bitfit", "--learning-rates", "1e-4", "-m", tiny_bert_dir, "-o",
+            tmp_path / "out"]
+    assert sweep(*grid, "-d", "1") == 2
+    assert "-d/--gpu-device 1 picks a GPU for one run" in capsys.readouterr().err
+    assert sweep(*grid, "--cpu", "--gpus-per-run", "0.5") == 2
+    assert "--cpu contradicts --gpus-per-run 0.5" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.cluster
+def test_by_default_each_run_gets_a_whole_gpu(four_declared_gpus, tiny_bert_dir, tmp_path, capsys):
     glue = make_glue_dir(tmp_path / "glue", n_train=16, n_dev=8)
     out = tmp_path / "out"
     grid = ["--tasks", "rte", "--methods", "bitfit", "--learning-rates", "1e-4", "1e-3", "1e-2", "1e-1", "-e", "6",
             "-m", tiny_bert_dir, "--data-dir", glue, "-o", out, "--no-verbose"]
-    assert sweep(*grid, "-d", "1") == 2
-    assert "-d/--gpu-device 1 picks a GPU for one run" in capsys.readouterr().err and not out.exists()
     assert sweep(*grid) == 0, capsys.readouterr()
     runs = _intervals(sorted((out / tiny_bert_dir.name / "full" / "rte" / "bitfit").iterdir()))
     used = [ids[0] for _, _, ids in runs]
@@ -80,6 +90,7 @@ def test_by_default_each_run_gets_a_whole_gpu_and_d_is_refused(four_declared_gpu
     assert len(set(used)) >= 2  # runs trained side by side, each on its own GPU
 
 
+@pytest.mark.cluster
 def test_gpus_per_run_0_trains_on_the_cpu_explicitly(four_declared_gpus, tiny_bert_dir, tmp_path, capsys):
     glue = make_glue_dir(tmp_path / "glue", n_train=16, n_dev=8)
     out = tmp_path / "out"
@@ -150,11 +161,18 @@ def test_bad_paths_are_one_line_before_ray_starts(case, words, tiny_bert_dir, tm
     model = "/nonexistent/model" if case == "no_model" else tiny_bert_dir
     tasks = ["rte", "mrpc"] if case == "no_task_data" else ["rte"]
     before = sorted(tmp_path.rglob("*"))
-    for extra in ([], ["--dry-run"]):
-        rc = sweep("--tasks", *tasks, "--methods", "bitfit", "--learning-rates", "1e-3", "-e", "1", "-m", model,
-                   "--data-dir", data, "-o", out, *extra)
-        err = capsys.readouterr().err
-        assert rc == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    argv = ["--tasks", *tasks, "--methods", "bitfit", "--learning-rates", "1e-3", "-e", "1", "-m", model,
+            "--data-dir", data, "-o", out]
+    rc = sweep(*argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and words in err and len(err.strip().splitlines()) == 1, err
+    rc = sweep(*argv, "--dry-run")
+    printed = capsys.readouterr()
+    if case.startswith("o_"):  # no plan for an output root that cannot be one
+        assert rc == 2 and words in printed.err and not printed.out
+    else:  # the plan, and what a real run would do
+        assert rc == 0 and printed.out.splitlines()[-1].endswith("to start")
+        assert printed.err.strip() == f"note: without --dry-run this sweep would stop here: {err.split(': error: ')[1].strip()}"
     assert sorted(tmp_path.rglob("*")) == before
 
 
@@ -207,6 +225,7 @@ def test_yaml_type_errors_are_one_line_naming_the_key(tmp_path, capsys, monkeypa
 # reruns, two sweeps, ASHA
 
 
+@pytest.mark.cluster
 def test_an_asha_sweep_run_again_trains_nothing_and_without_early_stop_completes_the_cut_runs(
         tiny_bert_dir, tmp_path, capsys, monkeypatch):
     import bitfit.sweep.driver as driver
@@ -232,6 +251,7 @@ def test_an_asha_sweep_run_again_trains_nothing_and_without_early_stop_completes
     assert all(read_state(f).status == "complete" for f in group.iterdir())
 
 
+@pytest.mark.cluster
 def test_two_sweeps_into_one_output_root_train_each_run_once_and_keep_separate_tune_state(tiny_bert_dir, tmp_path):
     glue = make_glue_dir(tmp_path / "glue")
     out = tmp_path / "out"
@@ -266,6 +286,7 @@ def _ray_descendants(pid: int) -> list:
     return psutil.Process(pid).children(recursive=True)
 
 
+@pytest.mark.cluster
 def test_after_kill_9_of_the_driver_no_ray_process_outlives_it(tiny_bert_dir, tmp_path):
     import psutil
 
@@ -286,6 +307,7 @@ def test_after_kill_9_of_the_driver_no_ray_process_outlives_it(tiny_bert_dir, tm
     assert read_state(run).status == "interrupted" and read_state(run).running is None
 
 
+@pytest.mark.cluster
 def test_trials_run_at_the_niceness_the_sweep_was_given_not_rays_15(tiny_bert_dir, tmp_path):
     from conftest import REPO
 
@@ -304,6 +326,7 @@ def test_trials_run_at_the_niceness_the_sweep_was_given_not_rays_15(tiny_bert_di
         assert words not in proc.stdout + proc.stderr
 
 
+@pytest.mark.cluster
 @needs_unshare
 def test_a_node_that_cannot_see_the_output_root_fails_its_trials_at_once_naming_itself(tiny_bert_dir, tmp_path, capsys):
     """Two Ray nodes on this machine; the second runs in a mount namespace of its own where the output root is an

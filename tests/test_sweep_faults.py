@@ -171,5 +171,11 @@ def test_one_sweep_runs_on_two_ray_nodes_through_address(two_ray_nodes, tiny_ber
     assert rc == 0, capsys.readouterr()
     folders = list((out / tiny_bert_dir.name / "full" / "rte" / "bitfit").iterdir())
     assert len(folders) == 2 and all(read_state(f).status == "complete" for f in folders)
-    nodes = {json.loads((f / "config.json").read_text())["ray"]["node_id"] for f in folders}
+    saved = [json.loads((f / "config.json").read_text()) for f in folders]
+    nodes = {s["ray"]["node_id"] for s in saved}
+    from conftest import REPO
+
+    for s in saved:  # the trials imported the copy of bitfit Ray shipped (runtime_env py_modules), not this checkout
+        assert "runtime_resources" in s["environment"]["code"] and not s["environment"]["code"].startswith(str(REPO))
+        assert s["environment"]["git_commit"]  # the driver's commit, passed along with the code
     assert len(nodes) == 2  # each node has 1 CPU and each trial takes 1: both ran at once, one per node

@@ -164,12 +164,11 @@ def _check_placement(args, settings: dict) -> None:
         args.gpus_per_run = 0.0
 
 
-def _check_paths(out: str, trials) -> None:
-    """Before Ray starts: the output root can be a folder we write, the data folders and a local model exist."""
+def _check_inputs(trials) -> None:
+    """Before Ray starts: the data folder has each task's training file, a local model exists."""
     from ..models import resolve_model
     from ..tasks import get_task
 
-    _check_output_root(Path(out))
     settings = trials[0].settings
     resolve_model(settings.get("model_name") or RunConfig.__dataclass_fields__["model_name"].default)
     data = trials[0].config().data_dir
@@ -202,11 +201,20 @@ def cli(args) -> int:
     _check_resources(args)
     trials = expand(Sweep.from_dict(grid_spec(args), out=args.output_root))
     _check_placement(args, trials[0].settings)
-    _check_paths(args.output_root, trials)
+    _check_output_root(Path(args.output_root))
+    refused = None
+    try:
+        _check_inputs(trials)
+    except UserError as e:
+        if not args.dry_run:
+            raise
+        refused = str(e)  # a plan may be drawn up for data or a model not here yet; say what a real run would do
     early = args.early_stop != "none"
     planned = plan(trials, retry_diverged=args.retry_diverged, complete_stopped=not early or args.complete_stopped)
     if args.dry_run:
         print("\n".join(plan_lines(planned)))
+        if refused:
+            print(f"note: without --dry-run this sweep would stop here: {refused}", file=sys.stderr)
         return 0
     print(plan_lines(planned)[-1], file=sys.stderr)
     return _run(args, planned)

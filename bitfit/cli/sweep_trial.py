@@ -13,6 +13,7 @@ reported to the driver, which prints them.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -23,6 +24,7 @@ from ..sweep.control import read_marker, stop_requested
 from ..sweep.driver import METRIC
 from ..sweep.plan import OVERWRITE, TO_RUN, action_for, flags_for
 
+log = logging.getLogger("bitfit")
 STOP_POLL_S = 1.0  # how often a trial looks for the sweep's stop request
 
 
@@ -120,8 +122,12 @@ def trial(config: dict) -> None:
     finally:
         done.set()
         logging.getLogger("bitfit").removeHandler(warnings)
+        gc.collect()  # the worker may train the next trial (reuse_actors): free this run's model and data now
         if warnings.lines:
-            tune.report({"warnings": warnings.lines})
+            try:
+                tune.report({"warnings": warnings.lines})
+            except Exception:  # the session already ended: the warnings are lost, the run's own outcome is not
+                log.debug("could not report the run's warnings", exc_info=True)
 
 
 def make_trainable():

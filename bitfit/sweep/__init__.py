@@ -10,8 +10,15 @@ The modules, in the order a sweep uses them:
     grid.py      tasks x methods (rates, epochs) x seeds x sizes -> trials (run folder + settings), checked
     presets.py   the paper's grids (table2, table3, data-size, bias-change)
     plan.py      what to do with each run folder, from bitfit.runstate.read_state (skip/resume/overwrite/new)
-    driver.py    embedded Ray or a cluster; one Tune trial per run; ASHA early stopping; outcomes
-    summary.py   what happened, and the best learning rate per task and method as the report picks it
+    driver.py    embedded Ray or a cluster: placing runs on GPUs, failing fast, one Tune trial per run,
+                 retries of lost workers, interrupts; what became of each run
+    control.py   the sweep's folder OUT/.tune/<sweep>/ that the driver and its trials share (marker, stop)
+    asha.py      --early-stop asha, decided by each trial from its group's run folders
+    progress.py  the progress lines (a Tune callback)
+    raycompat.py every reliance on Ray beyond its plain public calls, in one place
+    reaper.py    ends the embedded Ray if the driver is killed outright
+    summary.py   what happened, and the best learning rate per task and method among rates that beat
+                 the trivial baseline
 
 Each trial is one ordinary ``bitfit.training.run`` (``bitfit/cli/sweep_trial.py``, since only the
 command layer calls the training loop), writing the same run folder ``run_glue.py`` would. See

@@ -30,10 +30,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -94,10 +96,13 @@ def _source_commit() -> str:
     return f"{commit}:dirty" if commit and dirty else commit
 
 
-def runtime_env() -> dict:
-    """The ``bitfit`` package itself travels to every worker (no node needs this checkout at this path)."""
+def runtime_env(start: Path) -> dict:
+    """The ``bitfit`` package itself travels to every worker (no node needs this checkout at this path), and
+    only it: ``start``, an empty folder, is the workers' working_dir, because without one Ray puts the
+    driver's current folder first on every worker's sys.path, where a node holding another checkout at that
+    path would import its code instead of the shipped copy."""
     package = Path(__file__).resolve().parents[1]
-    return {"py_modules": [str(package)], "excludes": ["__pycache__", "*.pyc"],
+    return {"py_modules": [str(package)], "working_dir": str(start), "excludes": ["__pycache__", "*.pyc"],
             "env_vars": {SOURCE_COMMIT_ENV: _source_commit()}}
 
 
@@ -115,12 +120,12 @@ def check_address(address: str) -> None:
                         "`ray start --head` there, or leave --address out to run on this machine") from None
 
 
-def connect(res: Resources) -> None:
+def connect(res: Resources, start: Path) -> None:
     """Start the embedded Ray, or join the cluster at ``res.address`` (one line if none answers in time)."""
     import ray
 
     raycompat.quiet()
-    kw: dict = {"runtime_env": runtime_env(), "include_dashboard": False, "log_to_driver": False,
+    kw: dict = {"runtime_env": runtime_env(start), "include_dashboard": False, "log_to_driver": False,
                 "logging_level": logging.WARNING}
     if not res.address:  # "local": a Ray of its own, even where RAY_ADDRESS is set or `ray start` left one running
         raycompat.set_worker_niceness(os.getpriority(os.PRIO_PROCESS, 0))  # trials run at the sweep's niceness
@@ -228,8 +233,10 @@ def run_sweep(to_run: list[Planned], trainable, res: Resources, out: Path, callb
 
     result = SweepResult()
     reaper = None
+    start = Path(tempfile.mkdtemp(prefix="bitfit-sweep-"))  # the workers' (empty) working_dir; they chdir to ours
+    (start / "README").write_text("where a bitfit sweep's Ray workers start; each trial works in the sweep's folder\n")
     try:
-        connect(res)
+        connect(res, start)
         result.gpus = place(res)
         folder = sweep_dir(out)
         write_marker(folder)
@@ -249,6 +256,7 @@ def run_sweep(to_run: list[Planned], trainable, res: Resources, out: Path, callb
         return result
     finally:
         ray.shutdown()
+        shutil.rmtree(start, ignore_errors=True)
         if reaper is not None:
             reaper.terminate()
 
@@ -261,8 +269,10 @@ def _round(pending, trainable, res: Resources, folder: Path, result: SweepResult
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": res.cpus, "gpu": result.gpus}),
         param_space={"run": tune.grid_search([trial_param(p, folder, result.gpus, res.early_stop) for p in pending])},
+        # reuse_actors: a worker trains trial after trial (no new process, no second import of torch per run);
+        # each run resets its own peak-memory counter, cwd, interrupt request and log handler
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=res.max_concurrent or None,
-                                    trial_dirname_creator=_trial_dirname),
+                                    trial_dirname_creator=_trial_dirname, reuse_actors=True),
         run_config=tune.RunConfig(name=f"round{attempt}", storage_path=str(folder), verbose=0,
                                   stop=stopper,
                                   failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),

@@ -19,7 +19,9 @@
   completed. Last result:" lines, unless the callbacks hold one already: this one, which prints nothing.
 - The token-authentication warning Ray logs at every start (``ray._private.authentication``), and
   Tune's "failed to fetch metrics" for the result files turned off above (what a trial did is read
-  from its run folder).
+  from its run folder), a failed trial's traceback (the summary gives its reason in one line; Tune
+  keeps the traceback in ``OUT/.tune/<sweep>/round<N>/<trial>/error.txt``) and the list of trial ids
+  that did not complete.
 """
 
 from __future__ import annotations
@@ -37,13 +39,15 @@ from .control import stop_requested
 NICENESS_ENV = "RAY_worker_niceness"
 QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_SIGINT_HANDLER": "1", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 NOISY_LOGGERS = ("ray._private.authentication.authentication_token_setup",  # a warning at every start
-                 "ray.tune.analysis.experiment_analysis")  # "failed to fetch metrics": Tune's own files are off
+                 "ray.tune.analysis.experiment_analysis",  # "failed to fetch metrics": Tune's own files are off
+                 "ray.tune.execution.tune_controller",  # a failed trial's traceback (its error.txt keeps it)
+                 "ray.tune.tune")  # "Trials did not complete: [trial_...]": the summary names the runs
 
 
 def quiet() -> None:
     os.environ.update(QUIET_ENV)
     for name in NOISY_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def set_worker_niceness(niceness: int) -> None:
