@@ -113,13 +113,9 @@ def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str]) -> No
 SOURCE_COMMIT_ENV = "BITFIT_SOURCE_COMMIT"  # "<commit>[:dirty]" of the code a sweep's driver shipped to its workers
 
 
-def environment() -> dict:
-    """Library versions and the git commit of this code, for config.json."""
-    import accelerate
-    import datasets
-    import torch
-    import transformers
-
+def source_commit() -> tuple[str | None, bool | None]:
+    """(git commit, uncommitted changes) of the code this process runs: its checkout's, or, for code a sweep
+    shipped to a Ray node (no checkout there), what the driver passed along in ``$BITFIT_SOURCE_COMMIT``."""
     root = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -128,9 +124,21 @@ def environment() -> dict:
                                     capture_output=True, text=True, timeout=5).stdout.strip())
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
-    if not commit and os.environ.get(SOURCE_COMMIT_ENV):  # code a sweep shipped to a Ray node: no checkout there
+    if not commit and os.environ.get(SOURCE_COMMIT_ENV):
         commit, _, flag = os.environ[SOURCE_COMMIT_ENV].partition(":")
         dirty = flag == "dirty"
+    return commit, dirty
+
+
+def environment() -> dict:
+    """Library versions and the git commit of this code, for config.json."""
+    import accelerate
+    import datasets
+    import torch
+    import transformers
+
+    root = Path(__file__).resolve().parents[1]
+    commit, dirty = source_commit()
     return {
         "python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
         "datasets": datasets.__version__, "accelerate": accelerate.__version__,

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from ..io import SOURCE_COMMIT_ENV, write_json
+from ..io import SOURCE_COMMIT_ENV, source_commit, write_json
 from ..runstate import COMPLETE, DIVERGED, INTERRUPTED, STOPPED, read_state
 from . import raycompat
 from .control import MARKER, STOP
@@ -85,15 +85,9 @@ class SweepResult:
 
 
 def _source_commit() -> str:
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return f"{commit}:dirty" if commit and dirty else commit
+    """``<commit>[:dirty]`` of this checkout, for the workers' config.json (``io.source_commit``)."""
+    commit, dirty = source_commit()
+    return f"{commit}:dirty" if commit and dirty else commit or ""
 
 
 def runtime_env(start: Path) -> dict:
