@@ -368,3 +368,29 @@ def test_a_node_that_cannot_see_the_output_root_fails_its_trials_at_once_naming_
     assert "run again" not in failed[0]  # not a lost worker: not retried
     folders = list(out.glob("*/full/rte/bitfit/*"))  # the other trial ran on the head, which sees the output root
     assert len(folders) == 1 and read_state(folders[0]).status == "complete"
+
+
+@pytest.mark.cluster
+def test_ctrl_c_in_a_terminal_stops_every_run_through_its_interrupt_path_and_exits_130(tiny_bert_dir, tmp_path):
+    """Ctrl-C in a terminal signals the whole foreground process group: the driver and Ray's processes alike."""
+    from conftest import REPO
+
+    glue = make_glue_dir(tmp_path / "glue")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "bitfit", "sweep", "--tasks", "rte", "--methods", "bitfit",
+                             "--learning-rates", "1e-3", "1e-2", "-e", "60", "-m", str(tiny_bert_dir), "--data-dir",
+                             str(glue), "-o", str(out), "--no-verbose"], cwd=tmp_path, start_new_session=True,
+                            env=os.environ | {"PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while len(list(out.glob("*/full/rte/bitfit/*/checkpoint/state.json"))) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    printed = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, printed
+    for f in out.glob("*/full/rte/bitfit/*"):
+        results = json.loads((f / "results.json").read_text())
+        assert results["status"] == "interrupted" and results["message"].startswith("SIGINT during epoch"), results
+        assert not (f / ".bitfit.lock").exists()
+        assert f"not finished: {f}: interrupted by SIGINT after epoch" in printed
+    assert "Traceback" not in printed and "Tuner.restore" not in printed

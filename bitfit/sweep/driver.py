@@ -324,7 +324,8 @@ def outcomes(planned: list[Planned], res: SweepResult) -> list[Outcome]:
         elif st.status == DIVERGED or path in res.errors:
             status, reason = "failed", (res.errors.get(path) or st.reason) + note
         elif st.status == INTERRUPTED and res.signum is not None:
-            status, reason = "not finished", f"{st.reason} (interrupted by {signal.Signals(res.signum).name})"
+            status, reason = "not finished", (f"interrupted by {signal.Signals(res.signum).name} after epoch "
+                                              f"{st.checkpoint_epoch}: run the same sweep again to continue it")
         else:
             status, reason = "not finished", f"{st.status}: {st.reason} (run the sweep again to continue it)"
         result.append(Outcome(p.trial.path, status, reason, again or 0))
