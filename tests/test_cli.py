@@ -194,19 +194,27 @@ def test_bad_tsv_one_line_exit_2_nothing_written(body, message, tmp_path, tiny_b
 
 
 def test_unreachable_hub_model_and_data_fail_fast(tmp_path, glue_dir, monkeypatch, capsys):
-    import time
+    """The reachability check decides, before any download is tried (one never starts: it would hang offline)."""
+    import datasets
+    import huggingface_hub
 
-    monkeypatch.setattr(bitfit_data, "hub_reachable", lambda timeout=3.0: False)
     import bitfit.models
 
-    monkeypatch.setattr(bitfit.models, "hub_reachable", lambda timeout=3.0: False)
+    checks = []
+    for module in (bitfit_data, bitfit.models):
+        monkeypatch.setattr(module, "hub_reachable", lambda timeout=3.0: checks.append(timeout) or False)
+
+    def no_download(*a, **k):
+        raise AssertionError("a download was tried although the hub is unreachable")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_download)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
     monkeypatch.delenv("GLUE_DIR", raising=False)
-    t = time.perf_counter()
     assert run_cli("-t", "rte", "-m", "no-such-org/no-such-model", "--data-dir", glue_dir, "-o", tmp_path / "a") == 2
     assert "model 'no-such-org/no-such-model' is not a local folder, not in the Hugging Face cache, and the hub cannot be reached" in capsys.readouterr().err
     assert run_cli("-t", "rte", "-o", tmp_path / "b") == 2
     assert "cannot reach the Hugging Face hub to download GLUE RTE; pass --data-dir" in capsys.readouterr().err
-    assert time.perf_counter() - t < 20
+    assert len(checks) == 2  # one reachability check each (a TCP connect with its own timeout), nothing else
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
