@@ -56,7 +56,8 @@ ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temp file beside ``path``, then rename it into place. On any failure the
+    """Call ``write(tmp)`` on a temp file beside ``path``, fsync it, rename it into place and fsync the folder,
+    so a crash or power cut at any moment leaves the old file or the new one, complete. On any failure the
     temp file is removed and ``path`` is as it was; a full disk or read-only file system raises
     ``EnvironmentFailure`` with one line."""
     try:
@@ -68,12 +69,26 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the mode open() would
+        _fsync(tmp)  # the bytes are on disk before the name points at them ...
         os.replace(tmp, path)
+        _fsync(path.parent)  # ... and the rename itself survives a power cut
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
             raise environment_failure(path, e) from None
         raise
+
+
+def _fsync(path: str | Path) -> None:
+    """fsync a file or a folder (a folder: where the file system allows it; some refuse with EINVAL)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EBADF) or not os.path.isdir(path):
+            raise
+    finally:
+        os.close(fd)
 
 
 def environment_failure(path: Path, e: OSError) -> Exception:

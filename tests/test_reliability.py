@@ -379,3 +379,30 @@ def test_truncated_or_modified_delta_is_refused(tmp_path, tiny_bert_dir, glue_di
     path.write_bytes(bytes(modified))
     with pytest.raises(UserError, match=r"do not match the digest recorded when it was written"):
         delta.read(path)
+
+
+def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    """A power cut at any moment leaves the old file or the new one: the new bytes reach the disk before the
+    name points at them, and the rename itself is made durable by syncing the folder."""
+    import os
+
+    from bitfit import io
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    target = tmp_path / "results.json"
+    io.write_json(target, {"status": "complete"})
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
+    assert Path(events[0][1]).parent == tmp_path and Path(events[0][1]).name.startswith(".results.json.")
+    assert events[1][1] == str(target) and events[2][1] == str(tmp_path)
