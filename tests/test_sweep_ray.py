@@ -100,6 +100,8 @@ def test_progress_prints_epochs_warnings_and_a_heartbeat_with_the_best_metric_so
     p.on_trial_result(0, [], a, {"warnings": ["best dev accuracy 0.6100 is not above ..."]})
     assert p.warning_lines() == ["warning: o/m/full/rte/bitfit/lr1e-3_seed0: best dev accuracy 0.6100 is not above ..."]
     assert out.getvalue().splitlines()[-1] == p.warning_lines()[0]
+    p.best = {f"full/t{i}/bitfit": (0.5, "accuracy") for i in range(9)}  # a grid of many groups: the line stays short
+    assert p.best_text().endswith("full/t5/bitfit accuracy 0.5000 (+3 more)")
 
 
 def test_a_second_run_in_one_process_reports_its_own_cpu_peak_memory():
