@@ -285,8 +285,19 @@ def _normalised(settings: dict, cwd: str) -> dict:
 
 
 def resume_command(cfg) -> str:
+    """The command that continues this run, as it was started: ``python run_glue.py ...`` or ``python -m bitfit
+    train ...`` with ``--resume`` (and without ``--overwrite``); a sweep's trial is continued by its sweep;
+    a run started from Python by ``run(RunConfig(..., resume=True))``. (Under ``accelerate launch`` the
+    launcher's own flags are not known here: put the printed command after the same launcher.)"""
     argv = sys.argv
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized() and not argv[0].endswith("run_glue.py"):
+        return f"the same `python -m bitfit sweep` command again (it resumes {cfg.output_path})"
     if argv and argv[0].endswith("run_glue.py"):
-        args = [a for a in argv[1:] if a != "--overwrite"]
-        return shlex.join(["python", argv[0], *args] + ([] if "--resume" in args else ["--resume"]))
-    return f"run(RunConfig(**{{...as before}}, resume=True)) with output_path={cfg.output_path!r}"
+        head, args = ["python", argv[0]], argv[1:]
+    elif argv and Path(argv[0]).parent.name == "bitfit" and Path(argv[0]).name == "__main__.py" and argv[1:2] == ["train"]:
+        head, args = ["python", "-m", "bitfit", "train"], argv[2:]
+    else:
+        return f"run(RunConfig(**{{...as before}}, resume=True)) with output_path={cfg.output_path!r}"
+    args = [a for a in args if a != "--overwrite"]
+    return shlex.join([*head, *args] + ([] if "--resume" in args else ["--resume"]))

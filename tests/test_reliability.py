@@ -406,3 +406,30 @@ def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp
     assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
     assert Path(events[0][1]).parent == tmp_path and Path(events[0][1]).name.startswith(".results.json.")
     assert events[1][1] == str(target) and events[2][1] == str(tmp_path)
+
+
+@pytest.mark.parametrize("launch", ["run_glue.py", "-m bitfit train"])
+def test_the_printed_resume_command_continues_the_run(launch, tmp_path, tiny_bert_dir):
+    """Stopped with SIGTERM, started either way: running the command it printed completes the run."""
+    import shlex
+
+    data = make_glue_dir(tmp_path / "glue", n_train=400)
+    out = tmp_path / "run"
+    head = [str(REPO / "run_glue.py")] if launch == "run_glue.py" else ["-m", "bitfit", "train"]
+    cmd = [sys.executable, *head, "-t", "rte", "-m", str(tiny_bert_dir), "--data-dir", str(data), "-o", str(out),
+           "-e", "25", "--no-verbose", "--overwrite"]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    deadline = time.time() + 120
+    while not (out / "checkpoint" / "state.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    printed = shlex.split(err.strip().splitlines()[-1])
+    assert printed[:len(head) + 1] == ["python", *head] and printed[-1] == "--resume" and "--overwrite" not in printed
+    done = subprocess.run([sys.executable, *printed[1:]], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "complete" and results["completed_epochs"] == 25
