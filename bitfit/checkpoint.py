@@ -291,12 +291,12 @@ def resume_command(cfg) -> str:
     launcher's own flags are not known here: put the printed command after the same launcher.)"""
     argv = sys.argv
     ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized() and not argv[0].endswith("run_glue.py"):
-        return f"the same `python -m bitfit sweep` command again (it resumes {cfg.output_path})"
     if argv and argv[0].endswith("run_glue.py"):
         head, args = ["python", argv[0]], argv[1:]
     elif argv and Path(argv[0]).parent.name == "bitfit" and Path(argv[0]).name == "__main__.py" and argv[1:2] == ["train"]:
         head, args = ["python", "-m", "bitfit", "train"], argv[2:]
+    elif ray is not None and ray.is_initialized():  # a sweep's trial, in a Ray worker
+        return f"the same `python -m bitfit sweep` command again (it resumes {cfg.output_path})"
     else:
         return f"run(RunConfig(**{{...as before}}, resume=True)) with output_path={cfg.output_path!r}"
     args = [a for a in args if a != "--overwrite"]

@@ -53,3 +53,8 @@ def baseline(task, labels) -> dict:
     majority = int(np.bincount(labels.astype(int), minlength=task.num_labels).argmax())
     preds = np.full_like(labels, majority)
     return {"answer": task.labels[majority]} | compute_metrics(task.metrics, preds, labels)
+
+
+def baseline_answer(base: dict) -> str:
+    """What a ``baseline`` is, for people: ``a constant`` or ``always 'entailment'``."""
+    return "a constant" if base.get("answer") == "constant" else f"always {base.get('answer')!r}"

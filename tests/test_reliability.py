@@ -179,26 +179,6 @@ def test_run_written_before_fast_cpu_ops_resumes_only_with_pytorchs_ops(interrup
     assert done["status"] == "complete"
 
 
-def test_sigterm_stops_a_real_process_with_a_resume_command(tmp_path, tiny_bert_dir):
-    data = make_glue_dir(tmp_path / "glue", n_train=400)
-    out = tmp_path / "run"
-    cmd = [sys.executable, str(REPO / "run_glue.py"), "-t", "rte", "-m", str(tiny_bert_dir), "--data-dir", str(data),
-           "-o", str(out), "-e", "500", "--no-verbose"]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 120
-    while not (out / "checkpoint" / "state.json").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "SIGTERM during epoch" in err and "Resume with:" in err
-    command = err.strip().splitlines()[-1].strip()
-    assert command.startswith("python ") and command.endswith("--resume") and "-e 500" in command
-    results = json.loads((out / "results.json").read_text())
-    assert results["status"] == "interrupted" and results["completed_epochs"] >= 1
-    assert results["resume_command"] == command
-
-
 # ----------------------------------------------------------------------------- malformed TSV files
 
 
@@ -409,8 +389,9 @@ def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp
 
 
 @pytest.mark.parametrize("launch", ["run_glue.py", "-m bitfit train"])
-def test_the_printed_resume_command_continues_the_run(launch, tmp_path, tiny_bert_dir):
-    """Stopped with SIGTERM, started either way: running the command it printed completes the run."""
+def test_sigterm_stops_a_real_process_and_the_printed_resume_command_continues_it(launch, tmp_path, tiny_bert_dir):
+    """Stopped with SIGTERM, started either way: it records the command it printed, and running that command
+    completes the run."""
     import shlex
 
     data = make_glue_dir(tmp_path / "glue", n_train=400)
@@ -426,8 +407,14 @@ def test_the_printed_resume_command_continues_the_run(launch, tmp_path, tiny_ber
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
-    printed = shlex.split(err.strip().splitlines()[-1])
+    assert "SIGTERM during epoch" in err and "Resume with:" in err
+    command = err.strip().splitlines()[-1].strip()
+    printed = shlex.split(command)
     assert printed[:len(head) + 1] == ["python", *head] and printed[-1] == "--resume" and "--overwrite" not in printed
+    assert "-e 25" in command
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "interrupted" and results["completed_epochs"] >= 1
+    assert results["resume_command"] == command
     done = subprocess.run([sys.executable, *printed[1:]], capture_output=True, text=True, env=env, cwd=tmp_path,
                           timeout=300)
     assert done.returncode == 0, done.stderr

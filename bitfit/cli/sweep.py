@@ -224,7 +224,7 @@ def _run(args, planned) -> int:
     from ..sweep.driver import Resources, SweepResult, outcomes, run_sweep
     from ..sweep.progress import Progress
     from ..sweep.summary import best_rate_lines, outcome_lines
-    from .sweep_trial import make_trainable
+    from .sweep_trial import trial
 
     to_run = [p for p in planned if p.action in TO_RUN]
     result = SweepResult()
@@ -233,7 +233,7 @@ def _run(args, planned) -> int:
     if to_run:
         res = Resources(args.cpus_per_run, args.gpus_per_run, args.address, early, args.max_concurrent, args.max_retries)
         progress = Progress({str(p.trial.path): p.trial.config().epochs for p in to_run})
-        result = run_sweep(to_run, make_trainable(), res, Path(args.output_root), callbacks=[progress])
+        result = run_sweep(to_run, trial, res, Path(args.output_root), callbacks=[progress])
     outs = outcomes(to_run, result)
     count = {a: sum(p.action == a for p in planned) for a in (SKIP, SKIP_DIVERGED, SKIP_STOPPED, BUSY)}
     lines = outcome_lines(outs, count[SKIP], count[SKIP_DIVERGED], count[SKIP_STOPPED], count[BUSY])

@@ -129,7 +129,3 @@ def trial(config: dict) -> None:
             except Exception:  # the session already ended: the warnings are lost, the run's own outcome is not
                 log.debug("could not report the run's warnings", exc_info=True)
 
-
-def make_trainable():
-    """Tune's trainable: the plain function (Tune runs it in a thread of a fresh worker per trial)."""
-    return trial

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..metrics import baseline_answer
 from ..report.groups import group_name, select
 from ..report.runs import Skipped, read_run, shown_path
 from .driver import Outcome
@@ -21,8 +22,7 @@ def _baseline(g) -> tuple[float, str] | None:
         for r in runs:
             base = (r.results.get("baseline") or {}).get(task.main_dev_split) or {}
             if isinstance(base.get(task.main_metric), (int, float)):
-                answer = "a constant" if base.get("answer") == "constant" else f"always {base.get('answer')!r}"
-                return float(base[task.main_metric]), answer
+                return float(base[task.main_metric]), baseline_answer(base)
     return None
 
 

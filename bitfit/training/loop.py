@@ -27,7 +27,7 @@ from ..data import EpochBatches, SortedLoader, collator, loader_options, sorted_
 from ..devices import max_peak_memory_mb
 from ..errors import RunStopped, StopEarly
 from ..logs import setup_logging
-from ..metrics import compute_metrics
+from ..metrics import baseline_answer, compute_metrics
 from ..plots import plot_learning_curves
 from ..progress import progress
 from ..tasks import dev_main
@@ -111,8 +111,7 @@ def _with_baseline(row: dict, metrics: tuple[str, ...], base: dict) -> str:
     shown = ", ".join(f"{m} {row[m]:.4f}" for m in metrics)
     if not base:
         return f"{row['split']} {shown}"
-    answer = "a constant" if base["answer"] == "constant" else f"always {base['answer']!r}"
-    return f"{row['split']} {shown} ({answer}: " + ", ".join(f"{base[m]:.4f}" for m in metrics) + ")"
+    return f"{row['split']} {shown} ({baseline_answer(base)}: " + ", ".join(f"{base[m]:.4f}" for m in metrics) + ")"
 
 
 def beats_baseline(tr: Training) -> bool:
