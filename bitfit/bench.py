@@ -56,6 +56,7 @@ class Regime:
     settings: dict = field(default_factory=dict)  # RunConfig fields that make this variant of the method
     peer: str = ""  # "": this tool's loop; "trainer": transformers' Trainer; "original": the original BitFit recipe
     pad: bool = False  # batches padded to --max-seq-length, not length-grouped (the peers' defaults)
+    mask_4d: bool = True  # this tool's loop: the attention mask in its 4D form where the model takes it (masks.py)
 
     @property
     def flop_factor(self) -> int:
@@ -72,6 +73,9 @@ REGIMES: dict[str, Regime] = {
                              {"fast_cpu_ops": False}),
     "bitfit_native": Regime("bitfit", "bitfit with --no-fast-cpu-ops", {"fast_cpu_ops": False}),
     "bitfit_gc": Regime("bitfit", "bitfit with --gradient-checkpointing", {"gradient_checkpointing": True}),
+    "bitfit_synced": Regime("bitfit", "bitfit waiting for the GPU every step, as the loop did before --check-every: "
+                            "the stop check each step (--check-every 1) and transformers' 2D-mask check each forward",
+                            {"check_every": 1}, mask_4d=False),
     "bitfit_compile": Regime("bitfit", "bitfit with --compile (PyTorch's ops; compiled in the warm-up steps)",
                              {"compile": True}),
     "hf_trainer": Regime("bitfit", "transformers' Trainer, BitFit's parameters, run_glue.py's defaults "
@@ -263,6 +267,63 @@ def train_batches(s: Settings, p: Prepared, name: str) -> list[dict]:
                    s.max_seq_length if pad or s.pad_all else None, grouped=not pad)
 
 
+def started_run(s: Settings, name: str, device, out: Path):
+    """A run of regime ``name`` set up exactly as ``run_glue.py`` sets one up (``bitfit.training``'s
+    ``prepare`` and ``start``: method, fast CPU ops, checkpointing, compile, accelerate, optimizer), in a
+    scratch folder; the caller releases its lock."""
+    from .training.loop import start
+    from .training.setup import prepare as prepare_run
+
+    regime = REGIMES[name]
+    cfg = RunConfig(output_path=str(out), task_name=s.task, model_name=s.model, fine_tune_type=regime.method,
+                    max_seq_length=s.max_seq_length, data_dir=s.data_dir, batch_size=s.batch_size,
+                    max_train_samples=s.max_train_samples, precision=s.precision, tf32=s.tf32, epochs=1,
+                    verbose=False, **({"cpu": True} if device.type == "cpu" else {"gpu_device": device.index or 0}),
+                    **regime.settings)
+    su = prepare_run(cfg)
+    run = start(su, time.time())
+    run.mask_4d = run.mask_4d and regime.mask_4d
+    return run
+
+
+def run_prepared(run, s: Settings) -> Prepared:
+    """The bench's view of a started run: the model it trains (unwrapped), its data, the whole training
+    set's size for the epoch estimate."""
+    su = run.su
+    n_train = len(load_glue_train(su.task, su.cfg.data_dir))
+    return Prepared(su.cfg, su.task, su.tokenizer, run.accelerator.unwrap_model(run.model), su.selection,
+                    su.new_params, su.encoded["train"], su.encoded[su.task.main_dev_split], n_train)
+
+
+def load_glue_train(task, data_dir):
+    from .data import load_glue
+
+    return load_glue(task, data_dir)["train"]
+
+
+def _run_seconds(run, regime: Regime, train: list[dict], device, precision: str = "fp32") -> float:
+    """Seconds for the timed batches through ``bitfit.training.loop._step``, the step every run takes
+    (precision, clipping, the method's guard, the stop checks every --check-every steps), after WARM
+    warm-up steps; the device is synchronised at the two ends only. The batches are on the device
+    beforehand (a run's loader copies them pinned and without blocking, alongside the GPU's work)."""
+    import torch
+
+    from .checkpoint import Interrupt
+    from .training import loop
+
+    batches = [{k: v.to(device) for k, v in b.items()} for b in train]
+    totals = torch.zeros(2, dtype=torch.float64, device=device)
+    run.model.train()
+    with Interrupt() as interrupt:
+        for i, b in enumerate(batches):
+            if i == WARM:
+                _sync(device)
+                t0 = time.perf_counter()
+            loop._step(run, b, 1, interrupt, totals, b["input_ids"].shape[0])
+    _sync(device)
+    return time.perf_counter() - t0
+
+
 def measure(s: Settings, name: str) -> dict:
     """Train ``s.steps`` steps (after WARM warm-up steps) under regime ``name`` in this process, then
     evaluate a few dev batches and save a checkpoint. Peak memory is the process's: call it through
@@ -280,13 +341,20 @@ def measure(s: Settings, name: str) -> dict:
     if device.type == "cuda":
         torch.cuda.set_device(device)  # plain "cuda" (the Trainer's device) now means this one
     set_tf32(device, s.tf32)
-    p = prepare(s, name, device)
-    train = train_batches(s, p, name)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    baseline = _memory_now_mb(device)
-    seconds = (_trainer_seconds if regime.peer == "trainer" else _loop_seconds)(p, regime, train, device, s.precision)
-    peak = peak_memory_mb(device)  # less the baseline: what training itself added
+    with tempfile.TemporaryDirectory() as tmp:
+        run = None if regime.peer else started_run(s, name, device, Path(tmp, "run"))
+        try:
+            p = prepare(s, name, device) if run is None else run_prepared(run, s)
+            train = train_batches(s, p, name)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            baseline = _memory_now_mb(device)
+            seconds = (_trainer_seconds if regime.peer == "trainer" else _loop_seconds if regime.peer
+                       else _run_seconds)(run or p, regime, train, device, s.precision)
+            peak = peak_memory_mb(device)  # less the baseline: what training itself added
+        finally:
+            if run is not None and run.su.lock is not None:
+                run.su.lock.release()
     dev = batches(p.dev, p.tokenizer, s.eval_batch_size, 4, s.max_seq_length if regime.pad else None, grouped=False)
     eval_rate = _eval_rate(p.model, dev, device, s.precision)
     timed = train[WARM:]
@@ -327,24 +395,20 @@ def autocast(device, precision: str):
 
 
 def _loop_seconds(p: Prepared, regime: Regime, train: list[dict], device, precision: str = "fp32") -> float:
-    """Seconds for the timed batches in a plain loop: this tool's (foreach/fused AdamW) or the original's (Adam);
-    fp16 with a loss scaler, as accelerate's."""
+    """Seconds for the timed batches in the original BitFit recipe's loop (Adam, clipping; fp16 with a loss
+    scaler): a peer's loop, not ours (ours is timed by ``_run_seconds``)."""
     import torch
 
     params = [t for t in p.model.parameters() if t.requires_grad]
-    if regime.peer == "original":
-        opt = torch.optim.Adam(params, lr=1e-4)
-    else:
-        opt = torch.optim.AdamW(params, lr=1e-4, foreach=device.type != "cuda", fused=device.type == "cuda")
+    opt = torch.optim.Adam(params, lr=1e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    forward = torch.compile(p.model, dynamic=True) if p.cfg.compile else p.model
     p.model.train()
     for i, b in enumerate(train):
         if i == WARM:
             _sync(device)
             t0 = time.perf_counter()
         with autocast(device, precision):
-            loss = forward(**{k: v.to(device, non_blocking=True) for k, v in b.items()}).loss
+            loss = p.model(**{k: v.to(device, non_blocking=True) for k, v in b.items()}).loss
         scaler.scale(loss).backward()
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -520,6 +584,7 @@ RATIOS = (  # (label, regime, against, measured value)
     ("bitfit vs full_ft, speed", "bitfit", "full_ft", "samples_per_s"),
     ("bitfit vs full_ft, peak memory", "bitfit", "full_ft", "peak_mb"),
     ("bitfit vs bitfit_native (--no-fast-cpu-ops), speed", "bitfit", "bitfit_native", "samples_per_s"),
+    ("bitfit vs bitfit_synced (a wait for the GPU every step), speed", "bitfit", "bitfit_synced", "samples_per_s"),
     ("bitfit vs hf_trainer (run_glue defaults), speed", "bitfit", "hf_trainer", "samples_per_s"),
     ("bitfit vs hf_trainer_best, speed", "bitfit", "hf_trainer_best", "samples_per_s"),
     ("bitfit vs original recipe, speed", "bitfit", "original", "samples_per_s"),

@@ -99,6 +99,10 @@ class RunConfig:
                                   check=Range(0, 1 - 1e-12, "0 <= ratio < 1"))
     grad_accum: int = setting(1, "gradient accumulation steps", check=ints(1, 1 << 20))
     max_grad_norm: float = setting(1.0, "gradient clipping norm (0 disables)", check=Range(0, math.inf, ">= 0 (0 disables), finite"))
+    check_every: int = setting(50, "optimizer steps between the checks for a non-finite loss or a stop request, made "
+                               "by every process together (each waits for the GPU once; also at every epoch's end): "
+                               "a diverged run stops within this many steps, a signal to several processes too",
+                               check=ints(1, 1 << 20))
     precision: str | None = setting(None, "fp32, or bf16/fp16 autocast; trainable parameters and optimizer state stay "
                                     "fp32 (default: what accelerate launch --mixed_precision / "
                                     "$ACCELERATE_MIXED_PRECISION says, else fp32; config.json records the one used)",
@@ -184,10 +188,11 @@ class RunConfig:
 
 
 # Settings a resumed run may change; everything else must equal the original run's.
-# num_workers only changes which process collates the same batches; deterministic only which kernels compute the
-# same arithmetic (as another GPU does). tf32 changes the arithmetic itself, so, like precision, it is compared.
+# num_workers only changes which process collates the same batches; check_every only when a stop is noticed;
+# deterministic only which kernels compute the same arithmetic (as another GPU does). tf32 changes the arithmetic
+# itself, so, like precision, it is compared.
 RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "verbose", "keep_checkpoint", "eval_batch_size", "gpu_device",
-                               "report_to", "num_workers", "deterministic"})
+                               "report_to", "num_workers", "deterministic", "check_every"})
 
 # accelerate launch --mixed_precision, as it hands it to the processes it starts
 LAUNCH_PRECISION = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}

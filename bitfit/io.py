@@ -147,16 +147,21 @@ def source_commit() -> tuple[str | None, bool | None]:
 
 def environment() -> dict:
     """Library versions and the git commit of this code, for config.json."""
-    import accelerate
-    import datasets
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:  # a record, never a reason to fail: datasets is needed only for the hub
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
     import torch
-    import transformers
 
     root = Path(__file__).resolve().parents[1]
     commit, dirty = source_commit()
     return {
-        "python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
-        "datasets": datasets.__version__, "accelerate": accelerate.__version__,
+        "python": sys.version.split()[0], "torch": torch.__version__,
+        **{name: installed(name) for name in ("transformers", "datasets", "accelerate")},
         "git_commit": commit, "git_dirty": dirty, "command": sys.argv, "cwd": os.getcwd(),
         "code": str(root),  # where this process imported bitfit from (a sweep's trial: the copy Ray shipped)
     }

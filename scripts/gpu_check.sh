@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check of issue 18, in a few minutes, for the first GPU: the `gpu` tests, then a short bench of
-# BitFit vs full fine-tuning on a BERT-base-shaped model (random weights: speed only) in fp32, TF32 and
-# bf16. Everything goes to stdout; paste it into docs/PERFORMANCE.md ("GPU").
+# BitFit vs full fine-tuning, and BitFit waiting for the GPU every step (bitfit_synced), on a BERT-base-shaped
+# model (random weights: speed only) in fp32, TF32 and bf16. Everything goes to stdout; paste it into docs/PERFORMANCE.md ("GPU").
 #
 #   bash scripts/gpu_check.sh            # from the repository root; GLUE_DIR optional (else a synthetic RTE)
-#   STEPS=20 REPS=2 bash scripts/gpu_check.sh
+#   STEPS=20 REPS=2 PRECISIONS="fp32 bf16" KEEP=dir bash scripts/gpu_check.sh   # KEEP: the benches' JSON there
 set -uo pipefail
 cd "$(dirname "$0")/.."
 exec 2>&1
@@ -53,11 +53,16 @@ bench() {
     echo; echo "== bench: $*"
     python -m bitfit bench --task rte --model "$WORK/bert-base" --random-init --data-dir "$DATA" --device cuda:0 \
         --batch-size "$BATCH" --steps "$STEPS" --reps "$REPS" --max-seq-length 128 --pad-all \
-        --regimes full_ft bitfit --out "$WORK/bench" "$@" || status=1
+        --regimes full_ft bitfit bitfit_synced --out "$WORK/bench" "$@" || status=1
+    [ -n "${KEEP:-}" ] && cp "$WORK"/bench/*.json "$KEEP"/ 2>/dev/null
 }
-bench                    # fp32, the paper's arithmetic (the tool's default)
-bench --tf32             # fp32 weights, TF32 matmuls
-bench --precision bf16   # bf16 autocast, fp32 weights
+for precision in ${PRECISIONS:-fp32 tf32 bf16}; do
+    case $precision in
+        fp32) bench ;;                      # fp32, the paper's arithmetic (the tool's default)
+        tf32) bench --tf32 ;;               # fp32 weights, TF32 matmuls
+        *) bench --precision "$precision" ;;  # bf16/fp16 autocast, fp32 weights
+    esac
+done
 
 echo; echo "== done (status $status)"
 exit $status

@@ -77,3 +77,25 @@ def test_bad_settings_get_one_line_and_exit_2(argv, message, capsys):
 
 def test_default_output_is_not_the_tracked_docs_folder():
     assert bench.Settings().out == "bench"
+
+
+def test_the_bench_times_the_step_every_run_takes(tmp_path, tiny_bert_dir, monkeypatch):
+    from bitfit.training import loop
+
+    data = make_glue_dir(tmp_path / "glue")
+    real, calls = loop._step, []
+
+    def spy(tr, batch, *a, **kw):
+        calls.append(tr.cfg)
+        return real(tr, batch, *a, **kw)
+
+    monkeypatch.setattr(loop, "_step", spy)
+    s = bench.Settings(model=str(tiny_bert_dir), data_dir=str(data), steps=2, reps=1, batch_size=4, device="cpu",
+                       regimes=["bitfit_qi"], out=str(tmp_path / "out"))
+    row = bench.measure(s, "bitfit_qi")
+    assert len(calls) == bench.WARM + 2  # warm-up and timed steps, all through bitfit.training's own step
+    assert calls[0].fine_tune_type == "bitfit" and calls[0].bias_terms == ["query", "intermediate"]
+    assert calls[0].batch_size == 4 and row["samples_per_s"] > 0 and row["checkpoint_bytes"] > 0
+    calls.clear()
+    bench.measure(s, "original")  # a peer's recipe: its own loop, not ours
+    assert calls == []

@@ -86,6 +86,43 @@ def test_half_precision_runs_end_to_end_with_fp32_weights(precision, tmp_path, t
     assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == precision
 
 
+@pytest.mark.parametrize("fine_tune_type, precision", [("bitfit", "fp32"), ("full_ft", "bf16")])
+def test_the_training_step_waits_for_the_gpu_only_at_checks(fine_tune_type, precision, tmp_path, tiny_bert_dir,
+                                                            glue_dir):
+    """torch's own detector of synchronizing CUDA calls, per training step (batches drawn beforehand)."""
+    import itertools
+    import warnings
+
+    from bitfit import checkpoint
+    from bitfit.training import loop
+
+    su, tr = started(cfg(tmp_path / "run", tiny_bert_dir, glue_dir, fine_tune_type=fine_tune_type, precision=precision,
+                         check_every=4, batch_size=4))
+    try:
+        tr.model.train()
+        tr.train_dl.set_epoch(1)
+        batches = list(itertools.islice(iter(tr.train_dl), 9))
+        totals = torch.zeros(2, dtype=torch.float64, device="cuda")
+        counts = []
+        with checkpoint.Interrupt() as interrupt:
+            loop._step(tr, batches[0], 1, interrupt, totals, 4)  # warm-up (lazy state, the first check's tensors)
+            for batch in batches[1:]:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    torch.cuda.set_sync_debug_mode("warn")
+                    try:
+                        loop._step(tr, batch, 1, interrupt, totals, 4)
+                    finally:
+                        torch.cuda.set_sync_debug_mode("default")
+                counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    finally:
+        if su.lock is not None:
+            su.lock.release()
+    assert tr.mask_4d  # BERT takes the 4D mask: transformers' per-forward padding_mask.all() is gone
+    assert [i for i, c in enumerate(counts, 2) if c] == [4, 8], counts  # steps 4 and 8: the checks
+    assert all(counts[i - 2] <= 2 for i in (4, 8)), counts
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
 def test_two_processes_on_two_gpus(tmp_path, tiny_bert_dir, glue_dir):
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"} | {"CUDA_VISIBLE_DEVICES": "0,1",

@@ -195,7 +195,7 @@ def test_an_old_single_process_checkpoint_still_loads(tmp_path):
 class FakeAccelerator:
     """What ``loop._step`` uses of an Accelerator, with fp16's skipped steps under the test's control."""
 
-    num_processes, sync_gradients, scaler = 1, True, object()
+    num_processes, sync_gradients, scaler, device = 1, True, object(), torch.device("cpu")
 
     def __init__(self):
         self.optimizer_step_was_skipped = False
@@ -240,7 +240,8 @@ def fake_training(tolerate: int):
     model = lambda **batch: SimpleNamespace(loss=losses.pop(0))  # noqa: E731
     tr = SimpleNamespace(accelerator=FakeAccelerator(), model=model, optimizer=Counter(), scheduler=Counter(),
                          guard=Counter(), params=[], st=checkpoint.TrainState(), watch=stops.LossWatch(tolerate),
-                         cfg=SimpleNamespace(max_grad_norm=1.0, weight_decay=0.0, precision="fp16"))
+                         unchecked=0, lrs={}, interrupted=0, mask_4d=False,
+                         cfg=SimpleNamespace(max_grad_norm=1.0, weight_decay=0.0, precision="fp16", check_every=1))
     return tr, losses
 
 

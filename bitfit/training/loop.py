@@ -32,7 +32,7 @@ from ..plots import plot_learning_curves
 from ..progress import progress
 from ..tasks import dev_main
 from ..submit import write_submission
-from . import stops
+from . import masks, stops
 from .evaluate import predict
 from .optim import make_optimizer, make_scheduler
 from .setup import Setup, open_run_folder, prepare
@@ -60,7 +60,11 @@ class Training:
     started: float
     st: checkpoint.TrainState = field(default_factory=checkpoint.TrainState)
     trackers: list = field(default_factory=list)  # --report-to, main process
-    watch: stops.LossWatch = field(default_factory=stops.LossWatch)  # the current optimizer step's loss
+    watch: stops.LossWatch = field(default_factory=stops.LossWatch)  # non-finite losses, on the device
+    unchecked: int = 0  # optimizer steps of this epoch since the last check (stops.check)
+    lrs: dict[int, float] = field(default_factory=dict)  # their learning rates, by step, for a divergence's message
+    interrupted: int = 0  # the signal that reached this process (0: none); it stops at the next check
+    mask_4d: bool = False  # the model takes the attention mask in its 4D form (masks.py: no wait per forward)
 
     @property
     def cfg(self) -> RunConfig:
@@ -173,6 +177,7 @@ def start(su: Setup, started: float) -> Training:
     scheduler = make_scheduler(cfg, optimizer, steps_per_epoch * cfg.epochs)
     named = dict(accelerator.unwrap_model(model).named_parameters())
     tr = Training(su, model, guard, params, named, counts, sampler, train_dl, eval_dls, optimizer, scheduler, started)
+    tr.mask_4d = masks.prepared_mask_works(accelerator.unwrap_model(model), accelerator.device, len(su.tokenizer))
     if accelerator.scaler is not None:  # fp16: the loss scaler skips a step with inf/NaN gradients
         tr.watch = stops.LossWatch(tolerate=stops.FP16_PATIENCE)
     if cfg.resume:
@@ -229,7 +234,8 @@ def _restore_rng(tr: Training) -> None:
 
 def train_epoch(tr: Training, epoch: int, interrupt: checkpoint.Interrupt) -> tuple[torch.Tensor, int, float]:
     """One pass over the training set; returns (this process's [summed loss, examples in it] on the device,
-    examples seen, seconds)."""
+    examples seen, seconds). Ends with a check (``_check``) of the steps not yet checked, so a non-finite
+    loss never reaches the epoch's checkpoint."""
     # accelerate's loader hands its own epoch counter to the sampler (one process) or none at all
     # (several, behind BatchSamplerShard): set both, so the order depends on (seed, epoch) alone
     tr.train_dl.set_epoch(epoch)
@@ -243,27 +249,36 @@ def train_epoch(tr: Training, epoch: int, interrupt: checkpoint.Interrupt) -> tu
         _step(tr, batch, epoch, interrupt, totals, n)
         seen += n
         if _shows(tr) and time.perf_counter() - shown >= SHOW_EVERY:
-            loss_sum, counted = totals.tolist()
+            loss_sum, counted = totals.tolist()  # a wait for the device, once per SHOW_EVERY seconds, to show
             shown = time.perf_counter()
             bar.set_postfix(loss=f"{loss_sum / max(counted, 1):.4f}",
                             samples_s=f"{seen * tr.accelerator.num_processes / (shown - t0):.1f}")
+    if tr.unchecked:
+        _check(tr, epoch)
     return totals, seen, time.perf_counter() - t0
 
 
 def _step(tr: Training, batch: dict, epoch: int, interrupt: checkpoint.Interrupt, totals: torch.Tensor, n: int) -> None:
     """Forward, backward and (at the end of an accumulation window) an optimizer step; the loss is added to
-    ``totals`` on the device. Before a window's update, every process agrees whether the run stops here."""
+    ``totals`` on the device. Every ``--check-every`` optimizer steps, before that step's update, every
+    process agrees whether the run stops there (``_check``); in between nothing waits for the device."""
     accelerator, cfg = tr.accelerator, tr.cfg
     with accelerator.accumulate(tr.model):
-        loss = tr.model(**batch).loss
+        loss = tr.model(**(masks.as_4d(batch) if tr.mask_4d else batch)).loss
         value = loss.detach().double()
         finite = torch.isfinite(value)  # a non-finite loss fp16's scaler skips is left out of the epoch's loss
         totals += torch.stack([torch.where(finite, value * n, 0.0), finite.double() * n])
         tr.watch.add(value)
         if accelerator.sync_gradients:
-            agreed = stops.agree(accelerator, _local_stop(tr, epoch, interrupt))
-            if agreed is not None:
-                stop(tr, agreed.status, agreed.message, agreed.exit_code)
+            step = tr.st.global_step + 1
+            tr.watch.close(step)
+            tr.lrs[step] = tr.scheduler.get_last_lr()[0]
+            tr.unchecked += 1
+            if not tr.interrupted and interrupt.requested():
+                tr.interrupted = interrupt.signum or signal.SIGINT
+            # several processes check together, at the same steps; one alone acts on a signal at once
+            if tr.unchecked >= cfg.check_every or (tr.interrupted and accelerator.num_processes == 1):
+                _check(tr, epoch)
         accelerator.backward(loss)
         if accelerator.sync_gradients and cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_(tr.params, cfg.max_grad_norm)
@@ -276,19 +291,29 @@ def _step(tr: Training, batch: dict, epoch: int, interrupt: checkpoint.Interrupt
         tr.optimizer.zero_grad(set_to_none=True)
 
 
-def _local_stop(tr: Training, epoch: int, interrupt: checkpoint.Interrupt) -> stops.Stop | None:
-    """This process's reason to stop before the current optimizer step: a non-finite loss (under fp16,
-    one that persists past what the loss scaler skips), or a signal."""
+def _check(tr: Training, epoch: int) -> None:
+    """Every process at the same step: stop the run here if any process saw a non-finite loss (under fp16,
+    one that persisted past what the loss scaler skips) or a signal since the last check."""
+    anything, found = stops.check(tr.accelerator, tr.watch, bool(tr.interrupted))
+    lrs, tr.lrs, tr.unchecked = tr.lrs, {}, 0
+    if not anything:
+        return
+    agreed = stops.most_serious(tr.accelerator, _reason(tr, epoch, found, lrs))
+    stop(tr, agreed.status, agreed.message, agreed.exit_code)
+
+
+def _reason(tr: Training, epoch: int, found: stops.Found, lrs: dict[int, float]) -> stops.Stop | None:
+    """This process's reason to stop, from what it found: a non-finite loss, or a signal."""
     cfg = tr.cfg
-    value = tr.watch.verdict()
-    if value is not None:
-        return stops.Stop("diverged", f"non-finite loss ({value}) at epoch {epoch}, step {tr.st.global_step + 1} with "
-                          f"learning rate {tr.scheduler.get_last_lr()[0]:g}; lower --learning-rate"
+    if found.step is not None:
+        lr = lrs.get(found.step, tr.scheduler.get_last_lr()[0])
+        return stops.Stop("diverged", f"non-finite loss ({found.loss}) at epoch {epoch}, step {found.step} with "
+                          f"learning rate {lr:g}; lower --learning-rate"
                           + (f" (or --weight-decay, now {cfg.weight_decay:g})" if cfg.weight_decay else "")
                           + ("; fp16 overflows easily: try --precision bf16 or fp32" if cfg.precision == "fp16" else ""),
-                          exit_code=1)
-    if interrupt.requested():
-        sig = signal.Signals(interrupt.signum or signal.SIGINT)
+                          exit_code=1, step=found.step)
+    if found.interrupted:
+        sig = signal.Signals(tr.interrupted)
         return stops.Stop("interrupted", f"{sig.name} during epoch {epoch}: stopped; epochs 1-{tr.st.epoch} are "
                           f"kept. Resume with:\n  {checkpoint.resume_command(cfg)}", exit_code=128 + sig.value)
     return None
