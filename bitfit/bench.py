@@ -69,6 +69,8 @@ REGIMES: dict[str, Regime] = {
     "bitfit_qi": Regime("bitfit", "BitFit, query + intermediate biases", {"bias_terms": ["query", "intermediate"]}),
     "bitfit_attn0": Regime("bitfit", "BitFit with --attention-dropout 0", {"attention_dropout": 0.0}),
     "frozen": Regime("frozen", "only the head trains"),
+    "rand_uniform": Regime("rand_uniform", "as many random entries as BitFit trains, their whole matrices in the "
+                           "optimizer (and, under DDP, in every gradient all-reduce)"),
     "full_ft_native": Regime("full_ft", "full_ft with --no-fast-cpu-ops (PyTorch's dropout and attention)",
                              {"fast_cpu_ops": False}),
     "bitfit_native": Regime("bitfit", "bitfit with --no-fast-cpu-ops", {"fast_cpu_ops": False}),

@@ -284,17 +284,50 @@ def _normalised(settings: dict, cwd: str) -> dict:
     return out
 
 
+def launcher(env=None) -> list[str]:
+    """The launcher this process runs under, as a command to put before the script: ``accelerate launch`` (its
+    process count, machines, mixed precision and CPU flag, as it passed them on) or ``torchrun``; [] for a
+    process started on its own. Several machines: the command is the one to run on each, with its own
+    ``--machine_rank`` / ``--node_rank``."""
+    env = os.environ if env is None else env
+    if "LOCAL_RANK" not in env or "WORLD_SIZE" not in env:
+        return []
+    world = int(env["WORLD_SIZE"])
+    per_machine = int(env.get("LOCAL_WORLD_SIZE", world))
+    machines = int(env.get("GROUP_WORLD_SIZE", 1))
+    if any(k.startswith("ACCELERATE_") for k in env):
+        head = ["accelerate", "launch", "--num_processes", str(world)]
+        if env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+            head.append("--cpu")
+        elif world > 1:
+            head.append("--multi_gpu")
+        head += ["--num_machines", str(machines)]
+        if machines > 1:
+            head += ["--machine_rank", "THIS_MACHINE_RANK", "--main_process_ip", env.get("MASTER_ADDR", "MAIN_HOST"),
+                     "--main_process_port", env.get("MASTER_PORT", "29500")]
+        head += ["--mixed_precision", env.get("ACCELERATE_MIXED_PRECISION", "no")]
+        if "ACCELERATE_DYNAMO_BACKEND" in env:
+            head += ["--dynamo_backend", env["ACCELERATE_DYNAMO_BACKEND"].lower()]
+        return head
+    head = ["torchrun", "--nproc_per_node", str(per_machine)]
+    if machines > 1:
+        head += ["--nnodes", str(machines), "--node_rank", "THIS_NODE_RANK", "--master_addr",
+                 env.get("MASTER_ADDR", "MAIN_HOST"), "--master_port", env.get("MASTER_PORT", "29500")]
+    return head
+
+
 def resume_command(cfg) -> str:
     """The command that continues this run, as it was started: ``python run_glue.py ...`` or ``python -m bitfit
-    train ...`` with ``--resume`` (and without ``--overwrite``); a sweep's trial is continued by its sweep;
-    a run started from Python by ``run(RunConfig(..., resume=True))``. (Under ``accelerate launch`` the
-    launcher's own flags are not known here: put the printed command after the same launcher.)"""
+    train ...`` with ``--resume`` (and without ``--overwrite``), after the same launcher when it ran under
+    ``accelerate launch`` or ``torchrun`` (``launcher``); a sweep's trial is continued by its sweep; a run
+    started from Python by ``run(RunConfig(..., resume=True))``."""
     argv = sys.argv
     ray = sys.modules.get("ray")
+    launch = launcher()
     if argv and argv[0].endswith("run_glue.py"):
-        head, args = ["python", argv[0]], argv[1:]
+        head, args = (launch or ["python"]) + [argv[0]], argv[1:]
     elif argv and Path(argv[0]).parent.name == "bitfit" and Path(argv[0]).name == "__main__.py" and argv[1:2] == ["train"]:
-        head, args = ["python", "-m", "bitfit", "train"], argv[2:]
+        head, args = (launch + ["-m"] if launch else ["python", "-m"]) + ["bitfit", "train"], argv[2:]
     elif ray is not None and ray.is_initialized():  # a sweep's trial, in a Ray worker
         return f"the same `python -m bitfit sweep` command again (it resumes {cfg.output_path})"
     else:

@@ -154,9 +154,8 @@ class RunConfig:
         if missing_package(self.report_to):
             raise UserError(f"--report-to {self.report_to} needs the {missing_package(self.report_to)} package, which "
                             f"is not installed; pip install {missing_package(self.report_to)}, or --report-to none")
-        self.precision = resolve_precision(self.precision)
-        if self.data_dir is None:
-            self.data_dir = default_data_dir()
+        if self.precision is None:  # built from its arguments only: the environment is the command layer's
+            self.precision = "fp32"  # (environment_defaults); a launch's half precision is checked by the run
         if self.bias_terms is not None:
             self.bias_terms = check_bias_terms(self.bias_terms)
         self.layer_spec = None if self.layers is None else parse_layers(self.layers)
@@ -198,11 +197,23 @@ RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "verbose", "keep_checkpoin
 LAUNCH_PRECISION = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
 
-def resolve_precision(given: str | None) -> str:
+def environment_defaults(settings: dict, env=None) -> dict:
+    """``settings`` (RunConfig's fields) with the defaults a command takes from its environment, resolved once,
+    by the command layer, so that a RunConfig means the same run wherever it is built and config.json records
+    what was used: ``data_dir`` from ``$GLUE_DIR``, ``precision`` from accelerate launch's ``--mixed_precision``."""
+    env = os.environ if env is None else env
+    out = dict(settings)
+    if out.get("data_dir") is None:
+        out["data_dir"] = default_data_dir(env)
+    out["precision"] = resolve_precision(out.get("precision"), env)
+    return out
+
+
+def resolve_precision(given: str | None, env=None) -> str:
     """The precision a run uses: ``--precision`` if given, else accelerate launch's (``$ACCELERATE_MIXED_PRECISION``),
     else fp32. Refuses a launch precision this tool has no use for, and a given one that contradicts the launch's
     half precision (a launch's "no" is its default, not a choice: an explicit --precision overrides it)."""
-    launch = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    launch = (os.environ if env is None else env).get("ACCELERATE_MIXED_PRECISION")
     if launch is None or (given is not None and launch == "no"):
         return given or "fp32"
     if launch not in LAUNCH_PRECISION:
@@ -225,9 +236,9 @@ def _check(f: dataclasses.Field, value) -> None:
         raise UserError(f"{label} {value!r} is out of range; accepted: {check.accepted}")
 
 
-def default_data_dir() -> str | None:
+def default_data_dir(env=None) -> str | None:
     """``$GLUE_DIR`` if set (the one place it is read), else None (the datasets hub)."""
-    return os.environ.get("GLUE_DIR") or None
+    return (os.environ if env is None else env).get("GLUE_DIR") or None
 
 
 # ---------------------------------------------------------------------------------------------

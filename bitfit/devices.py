@@ -87,6 +87,8 @@ def make_accelerator(cfg):
     from accelerate.state import AcceleratorState
     from accelerate.utils import DataLoaderConfiguration
 
+    from .config import resolve_precision
+
     cuda = torch.cuda.is_available() and not cfg.cpu
     if cfg.gpu_device is not None and world_size() > 1:
         raise UserError(f"gpu device {cfg.gpu_device} (-d) picks one GPU, but this launch runs {world_size()} "
@@ -102,17 +104,54 @@ def make_accelerator(cfg):
         raise UserError(f"accelerate's gradient accumulation steps {launch_accum!r} (ACCELERATE_GRADIENT_ACCUMULATION_STEPS, "
                         f"set by accelerate launch's DeepSpeed options) contradict --grad-accum {cfg.grad_accum}; "
                         "accepted: the same number in both, or leave it out of the launch")
+    refuse_sharding()
+    resolve_precision(cfg.precision)  # a launch's half precision that the run's contradicts: one line, not ignored
     require_cuda_for_fp16(cfg.precision, cuda)
     AcceleratorState._reset_state()  # a second run() in one process may use another precision; keeps the process group
     accelerator = Accelerator(cpu=cfg.cpu or not cuda, mixed_precision="no" if cfg.precision == "fp32" else cfg.precision,
                               gradient_accumulation_steps=cfg.grad_accum,
-                              dataloader_config=DataLoaderConfiguration(non_blocking=cuda))
+                              dataloader_config=DataLoaderConfiguration(non_blocking=cuda),
+                              kwargs_handlers=ddp_options())
     if accelerator.device.type == "cpu" and accelerator.is_main_process:  # asked for (--cpu): said, not warned
         (log.info if cfg.cpu else log.warning)("%s: running on the CPU%s", "--cpu given" if cfg.cpu else "no GPU found",
                                                " (ignoring --gpu-device)" if cfg.gpu_device is not None else "")
     set_arithmetic(cfg, accelerator.device, accelerator.is_main_process)
     reset_peak_memory(accelerator.device)  # the run's peak, not an earlier run's in this process
     return accelerator
+
+
+# A collective's timeout: the main process alone writes and hashes the checkpoint (about 4x the model) at each
+# epoch's end while the others wait in the next collective; on a slow shared disk that can pass NCCL's default
+# of 10 minutes, which would kill a healthy run.
+COLLECTIVE_TIMEOUT_MINUTES = 60
+
+# accelerate launch's ways of sharding a model, which this tool does not support (see refuse_sharding)
+SHARDING = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
+            "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM"}
+
+
+def refuse_sharding(env=None) -> None:
+    """One line for a launch that shards the model (FSDP, DeepSpeed, Megatron-LM): this tool takes the trainable
+    tensors and builds the optimizer before accelerate wraps the model, and saves the checkpoint and delta from
+    the whole named parameters, which such a launch splits or flattens. Data parallelism (every process a whole
+    copy: ``accelerate launch --multi_gpu``) is what runs; the methods it is for train well under 1% of a model."""
+    env = os.environ if env is None else env
+    for key, name in SHARDING.items():
+        if env.get(key, "").strip().lower() in ("1", "true", "yes"):
+            raise UserError(f"{name} ({key}={env[key]}) is not supported: this tool trains and saves whole, unsharded "
+                            "parameters; accepted: data parallelism (accelerate launch --multi_gpu, or a config "
+                            "without FSDP/DeepSpeed), which fits any encoder a GPU holds")
+
+
+def ddp_options() -> list:
+    """DistributedDataParallel without a broadcast of the buffers at every forward pass (an encoder's buffers,
+    position and token-type ids, never change), and a collective timeout that outlasts a checkpoint write."""
+    from datetime import timedelta
+
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+    return [DistributedDataParallelKwargs(broadcast_buffers=False),
+            InitProcessGroupKwargs(timeout=timedelta(minutes=COLLECTIVE_TIMEOUT_MINUTES))]
 
 
 def require_cuda_for_fp16(precision: str, cuda: bool) -> None:

@@ -61,12 +61,33 @@ def test_unknown_choices_name_what_is_accepted():
         make(optimizer="sgd")
 
 
-def test_glue_dir_is_the_default_data_dir(monkeypatch):
+def test_a_run_config_is_built_from_its_arguments_only(monkeypatch):
     monkeypatch.setenv("GLUE_DIR", "/data/glue")
-    assert make().data_dir == "/data/glue"
-    assert make(data_dir="mine").data_dir == "mine"
-    monkeypatch.delenv("GLUE_DIR")
-    assert make().data_dir is None
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert (make().data_dir, make().precision) == (None, "fp32")  # the environment is not read here
+
+
+def test_the_command_layer_resolves_glue_dir_and_the_launch_precision_once():
+    from bitfit.config import environment_defaults
+
+    env = {"GLUE_DIR": "/data/glue", "ACCELERATE_MIXED_PRECISION": "bf16"}
+    assert environment_defaults({"task_name": "rte"}, env) == {"task_name": "rte", "data_dir": "/data/glue",
+                                                               "precision": "bf16"}
+    assert environment_defaults({"data_dir": "mine", "precision": None}, {}) == {"data_dir": "mine", "precision": "fp32"}
+    with pytest.raises(UserError, match=r"^--precision fp32 contradicts accelerate launch's --mixed_precision bf16"):
+        environment_defaults({"precision": "fp32"}, env)
+
+
+def test_run_glue_takes_glue_dir_from_the_environment_and_records_it(tmp_path, monkeypatch):
+    from bitfit.cli import train
+
+    seen = []
+    monkeypatch.setattr("bitfit.training.run", lambda cfg: seen.append(cfg))
+    monkeypatch.setenv("GLUE_DIR", str(tmp_path))
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    parser = train.build_parser(__import__("bitfit.cli", fromlist=["make_parser"]).make_parser("run_glue.py", ""))
+    assert train.cli(parser.parse_args(["-t", "rte", "-o", str(tmp_path / "run")])) == 0
+    assert seen[0].data_dir == str(tmp_path) and seen[0].to_dict()["data_dir"] == str(tmp_path)
 
 
 def test_resume_compares_settings_but_not_other_methods_options():

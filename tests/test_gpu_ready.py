@@ -1,26 +1,24 @@
 """What a GPU user relies on, checked on the CPU: fp32 weights from half-precision checkpoints, accelerate
 launch's precision deferred to (and conflicts refused), -d refused under several processes, the GPU
 settings recorded, the sparse masks computed once per change, the auto:K probe on the main process only,
-the bench on the device it was given, and the tests themselves pinned to the CPU."""
+the bench on the device it was given."""
 
 from __future__ import annotations
 
 import json
-import tomllib
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from bitfit import RunConfig, bench, run
-from bitfit.config import RESUMABLE_CHANGES
 from bitfit.devices import make_accelerator
 from bitfit.errors import RunStopped, UserError
 from bitfit.models import load_model
 from bitfit.policies import sparse
 from bitfit.tasks import get_task
 from bitfit.training.setup import on_main
-from conftest import REPO, tiny_classifier, write_bert_tokenizer
+from conftest import tiny_classifier, write_bert_tokenizer
 from test_cli import make_glue_dir, read_jsonl
 from test_reliability import interrupt_at, strip_times
 
@@ -63,13 +61,17 @@ def test_fp16_stored_checkpoint_loads_and_trains_in_fp32(tmp_path, fp16_model_di
 
 
 def test_precision_defers_to_accelerate_launch_unless_given(monkeypatch):
-    make = lambda **kw: RunConfig(output_path="x", task_name="rte", **kw)  # noqa: E731
+    from bitfit.config import environment_defaults
+
+    make = lambda **kw: RunConfig(**environment_defaults({"output_path": "x", "task_name": "rte", **kw}))  # noqa: E731
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     assert make().precision == "fp32" and make(precision="bf16").precision == "bf16"
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
     assert make().precision == "bf16" and make(precision="bf16").precision == "bf16"
     with pytest.raises(UserError, match=r"^--precision fp32 contradicts accelerate launch's --mixed_precision bf16;"):
         make(precision="fp32")
+    with pytest.raises(UserError, match=r"^--precision fp32 contradicts accelerate launch's --mixed_precision bf16;"):
+        make_accelerator(RunConfig(output_path="x", task_name="rte"))  # the Python API's fp32 is checked by the run
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # launch's default: an explicit --precision wins
     assert make().precision == "fp32" and make(precision="bf16").precision == "bf16"
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")
@@ -79,7 +81,7 @@ def test_precision_defers_to_accelerate_launch_unless_given(monkeypatch):
 
 def test_accelerator_gets_the_resolved_precision(monkeypatch):
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    accelerator = make_accelerator(RunConfig(output_path="x", task_name="rte"))
+    accelerator = make_accelerator(RunConfig(output_path="x", task_name="rte", precision="bf16"))
     assert accelerator.mixed_precision == "bf16"
 
 
@@ -136,7 +138,9 @@ def test_a_run_interrupted_on_one_gpu_index_resumes_on_another(tmp_path, tiny_be
         run(cfg(cut, tiny_bert_dir, glue_dir, gpu_device=0, **kw))
     monkeypatch.undo()
     assert json.loads((cut / "results.json").read_text())["status"] == "interrupted"
-    run(cfg(cut, tiny_bert_dir, glue_dir, gpu_device=1, num_workers=1, resume=True, **kw))
+    with pytest.raises(UserError, match=r"--resume with tf32=True but the run was started with tf32=False"):
+        run(cfg(cut, tiny_bert_dir, glue_dir, tf32=True, resume=True, **kw))  # the arithmetic of the epochs left
+    run(cfg(cut, tiny_bert_dir, glue_dir, gpu_device=1, num_workers=1, resume=True, check_every=3, **kw))
     assert json.loads((cut / "results.json").read_text())["status"] == "complete"
     assert strip_times(read_jsonl(cut / "metrics.jsonl")) == strip_times(read_jsonl(whole / "metrics.jsonl"))
     from safetensors.torch import load_file
@@ -144,12 +148,6 @@ def test_a_run_interrupted_on_one_gpu_index_resumes_on_another(tmp_path, tiny_be
     learned, uninterrupted = load_file(cut / "delta.safetensors"), load_file(whole / "delta.safetensors")
     assert learned.keys() == uninterrupted.keys()
     assert all(torch.equal(learned[k], uninterrupted[k]) for k in learned)  # bit for bit
-
-
-def test_what_a_resume_may_change():
-    assert {"num_workers", "deterministic", "gpu_device"} <= RESUMABLE_CHANGES
-    compared = RunConfig(output_path="x", task_name="rte").compared_on_resume()
-    assert "tf32" in compared and "precision" in compared  # they change the arithmetic of the epochs left
 
 
 # ----------------------------------------------------------------------------- sparse masks
@@ -258,17 +256,3 @@ def test_bench_precision_and_tf32_name_the_files():
     assert bench.report_name(s) == "bench_rte_minilm_cuda_b8_bf16_tf32"
     assert bench.arithmetic(s) == "bf16 autocast (TF32 matmuls)"
     assert bench.report_name(bench.Settings(device="cpu", batch_size=8)) == "bench_rte_minilm_cpu_b8"
-
-
-# ----------------------------------------------------------------------------- the tests themselves
-
-
-def test_unmarked_tests_see_no_gpu():
-    import os
-
-    assert not torch.cuda.is_available() and os.environ["CUDA_VISIBLE_DEVICES"] == ""
-
-
-def test_gpu_marker_is_registered_and_slow_tests_stay_out():
-    opts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
-    assert any(m.startswith("gpu:") for m in opts["markers"]) and opts["addopts"].startswith("-m 'not slow and not cluster' -rs")

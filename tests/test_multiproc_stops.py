@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
+import sys
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
@@ -31,6 +33,19 @@ from bitfit.training import setup
 import run_glue
 
 fault, at, rank = os.environ["FAULT"], int(os.environ["FAULT_AT"]), int(os.environ["RANK"])
+import torch
+from bitfit.training import loop
+real_start = loop.start
+
+
+def start(su, started):  # how each process's run is set up for data parallelism
+    tr = real_start(su, started)
+    print(f"RANK{rank} START seed={torch.initial_seed()} broadcast_buffers={tr.model.broadcast_buffers}",
+          file=sys.stderr, flush=True)
+    return tr
+
+
+loop.start = start
 if rank == int(os.environ["FAULTY_RANK"]):
     devices.peak_memory_mb = lambda device: 123456.0  # results.json must show the largest of any process's
     if fault == "nan":
@@ -60,6 +75,7 @@ if rank == int(os.environ["FAULTY_RANK"]):
             return real_requested(self)
 
         checkpoint.Interrupt.requested = requested
+sys.argv[0] = os.path.join(os.environ["BITFIT_REPO"], "run_glue.py")  # as if started as run_glue.py itself
 rc = run_glue.main(sys.argv[1:])
 print(f"RANK{rank} EXIT {rc}", file=sys.stderr, flush=True)
 sys.exit(rc)
@@ -90,6 +106,58 @@ def launch_two(script: Path, args: list[str], env: dict | None = None, timeout: 
             pytest.fail(f"the two processes did not stop within {timeout} s (one waits for the other)")
         err.seek(0)
         return proc.returncode, err.read()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_sharding_launch_is_refused_in_one_line_before_anything_is_written(tmp_path, tiny_bert_dir, glue_dir):
+    for key, name in devices.SHARDING.items():
+        with pytest.raises(Exception, match=rf"^{name} \({key}=true\) is not supported: .*accepted: data parallelism"):
+            devices.refuse_sharding({key: "true"})
+    devices.refuse_sharding({"ACCELERATE_USE_FSDP": "false"})
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(REPO / "run_glue.py"), *run_args(tiny_bert_dir, glue_dir, out)],
+                          capture_output=True, text=True, timeout=120, env=os.environ | {"ACCELERATE_USE_FSDP": "true"})
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert "FSDP (ACCELERATE_USE_FSDP=true) is not supported" in proc.stderr and not out.exists()
+
+
+def test_the_process_group_outlasts_a_checkpoint_write():
+    from datetime import timedelta
+
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
+
+    ddp, group = devices.ddp_options()
+    assert isinstance(ddp, DistributedDataParallelKwargs) and ddp.to_kwargs() == {"broadcast_buffers": False}
+    assert isinstance(group, InitProcessGroupKwargs) and group.timeout == timedelta(minutes=60)
+
+
+def test_the_launcher_is_part_of_the_resume_command():
+    accelerate = {"LOCAL_RANK": "0", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4", "GROUP_WORLD_SIZE": "2",
+                  "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29501", "ACCELERATE_MIXED_PRECISION": "bf16"}
+    assert checkpoint.launcher(accelerate) == [
+        "accelerate", "launch", "--num_processes", "8", "--multi_gpu", "--num_machines", "2", "--machine_rank",
+        "THIS_MACHINE_RANK", "--main_process_ip", "10.0.0.1", "--main_process_port", "29501", "--mixed_precision", "bf16"]
+    torchrun = {"LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "GROUP_WORLD_SIZE": "1"}
+    assert checkpoint.launcher(torchrun) == ["torchrun", "--nproc_per_node", "2"]
+    assert checkpoint.launcher({"WORLD_SIZE": "1"}) == []  # a process started on its own
+
+
+def test_resume_command_under_a_launcher(monkeypatch):
+    from bitfit import RunConfig
+
+    cfg = RunConfig(output_path="runs/x", task_name="rte")
+    monkeypatch.setattr(checkpoint, "launcher", lambda env=None: ["torchrun", "--nproc_per_node", "2"])
+    monkeypatch.setattr(sys, "argv", ["run_glue.py", "-t", "rte", "-o", "runs/x", "--overwrite"])
+    assert checkpoint.resume_command(cfg) == "torchrun --nproc_per_node 2 run_glue.py -t rte -o runs/x --resume"
+    monkeypatch.setattr(sys, "argv", [str(REPO / "bitfit" / "__main__.py"), "train", "-t", "rte", "-o", "runs/x"])
+    assert checkpoint.resume_command(cfg) == "torchrun --nproc_per_node 2 -m bitfit train -t rte -o runs/x --resume"
 
 
 def run_args(model, data, out, *extra) -> list[str]:
@@ -126,13 +194,24 @@ def test_a_signal_to_one_process_stops_both_resumable_and_the_resume_completes(t
     code = 128 + signal.SIGTERM
     assert f"RANK0 EXIT {code}" in err and f"RANK1 EXIT {code}" in err, err[-3000:]
     assert err.count("SIGTERM during epoch 2: stopped; epochs 1-1 are kept") == 2, err[-3000:]
+    # each process its own dropout stream; no buffer broadcast at every forward pass (an encoder's never change)
+    assert "RANK0 START seed=0 broadcast_buffers=False" in err and "RANK1 START seed=1 broadcast_buffers=False" in err
     results = json.loads((out / "results.json").read_text())
-    assert results["status"] == "interrupted" and results["completed_epochs"] == 1 and "resume_command" in results
+    assert results["status"] == "interrupted" and results["completed_epochs"] == 1
     saved = checkpoint.load(out)
     assert set(saved.rng) == {"r0::torch", "r1::torch"}  # each process's own random state (no GPU here)
 
-    rc, err = launch_two(REPO / "run_glue.py", run_args(tiny_bert_dir, glue_dir, out, "--resume"))
+    command = results["resume_command"]  # the launcher too: resumed by one process, the run would change
+    assert command.startswith("accelerate launch --num_processes 2 --multi_gpu --num_machines 1 --mixed_precision no "
+                              "--dynamo_backend no "), command
+    assert command.endswith(" --resume") and err.count(command) == 2
+    words = shlex.split(command)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(free_port())] + words[2:]
+    proc = subprocess.run(launch, capture_output=True, text=True, timeout=240,
+                          env=os.environ | {"OMP_NUM_THREADS": "1"})
+    rc, err = proc.returncode, proc.stderr
     assert rc == 0, err[-3000:]
+    assert "were not passed to `accelerate launch`" not in err  # the printed launch is complete
     results = json.loads((out / "results.json").read_text())
     assert results["status"] == "complete" and results["completed_epochs"] == 2
 
@@ -349,3 +428,14 @@ def test_fused_adamw_is_chosen_by_the_runs_device_not_where_the_params_are_now()
     assert make_optimizer(cfg, params, torch.device("cuda")).defaults["fused"] is True
     assert make_optimizer(SimpleNamespace(**(vars(cfg) | {"precision": "fp16"})), params,
                           torch.device("cuda")).defaults.get("fused") in (None, False)
+
+
+def test_train_samples_count_each_example_once_though_even_batches_repeat_some():
+    class Reduced(TwoProcesses):
+        def reduce(self, t, op):
+            return t * 2  # the other process saw as many
+
+    tr = SimpleNamespace(accelerator=Reduced(), su=SimpleNamespace(encoded={"train": list(range(50))}))
+    totals = torch.tensor([14.0, 28.0], dtype=torch.float64)  # 7 batches of 4 on each process: 56 > 50 examples
+    loss, seen, seconds = loop.epoch_totals(tr, totals, 28, 3.0)
+    assert (loss, seen, seconds) == (0.5, 50, 3.0)

@@ -78,6 +78,45 @@ def test_grad_accum_equals_the_larger_batch(tmp_path, tiny_bert_dir):
     assert big["best_main_metric"] == acc["best_main_metric"]
 
 
+def _first_update_gradients(out, model, data, **kw) -> dict[str, torch.Tensor]:
+    """The gradients the optimizer's first update sees (full fine-tuning, no clipping, no dropout)."""
+    import itertools
+    import time
+
+    from bitfit import checkpoint
+    from bitfit.training import loop
+    from bitfit.training.setup import prepare
+
+    su = prepare(cfg(out, model, data, fine_tune_type="full_ft", group_by_length=False, max_grad_norm=0.0, **kw))
+    try:
+        tr = loop.start(su, time.time())
+        seen = []
+        inner = tr.optimizer.optimizer  # accelerate's wrapper calls it at the end of each accumulation window
+        inner.step = lambda *a, **k: seen.append({n: p.grad.clone() for n, p in tr.named.items() if p.grad is not None})
+        tr.model.train()
+        tr.train_dl.set_epoch(1)
+        tr.sampler.set_epoch(1)
+        totals = torch.zeros(2, dtype=torch.float64)
+        with checkpoint.Interrupt() as interrupt:
+            for batch in itertools.islice(iter(tr.train_dl), kw.get("grad_accum", 1)):
+                loop._step(tr, batch, 1, interrupt, totals, batch["labels"].shape[0])
+        assert len(seen) == 1
+        return seen[0]
+    finally:
+        su.lock.release()
+
+
+def test_an_accumulated_update_has_the_larger_batch_gradient(tmp_path, tiny_bert_dir):
+    """AdamW hides the scale of a gradient, so this compares the gradients themselves: a loss summed over the
+    window instead of averaged would double them."""
+    data = make_glue_dir(tmp_path / "glue")
+    big = _first_update_gradients(tmp_path / "b8", tiny_bert_dir, data, batch_size=8)
+    accumulated = _first_update_gradients(tmp_path / "b4x2", tiny_bert_dir, data, batch_size=4, grad_accum=2)
+    assert big.keys() == accumulated.keys() and len(big) > 10
+    for name in big:
+        torch.testing.assert_close(accumulated[name], big[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_bf16_autocast_runs_on_cpu_and_keeps_trainable_params_fp32(tmp_path, tiny_bert_dir, monkeypatch):
     """The training matmuls run in bf16 (so --precision was not ignored) while what trains stays fp32."""
     seen = {"outputs": set(), "trainable": set(), "calls": 0}

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from ..config import RunConfig
+from ..config import RunConfig, default_data_dir
 from ..errors import UserError
 from ..sweep.grid import PER_TRIAL, SETTINGS, Sweep, expand, method_items, parse_method, settings_value
 from ..sweep.plan import BUSY, SKIP, SKIP_DIVERGED, SKIP_STOPPED, TO_RUN, plan, plan_lines
@@ -118,6 +118,8 @@ def grid_spec(args) -> dict:
         if getattr(args, key):
             spec[key] = getattr(args, key)
     settings = dict(spec.get("settings") or {}) | {k: v for k, v in vars(args).items() if k in SETTINGS}
+    if settings.get("data_dir") is None and default_data_dir():  # resolved here, once: every trial gets the folder
+        settings["data_dir"] = default_data_dir()
     for key, flag in (("learning_rates", args.learning_rates), ("epochs", settings.pop("epochs", None))):
         if flag is not None:  # a flag applies to every method
             spec[key] = flag

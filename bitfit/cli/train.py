@@ -8,7 +8,7 @@ Every flag is generated from ``bitfit.config.RunConfig``'s declarations.
 
 from __future__ import annotations
 
-from ..config import RunConfig
+from ..config import RunConfig, environment_defaults
 from .args import add_dataclass_flags
 
 DESCRIPTION = "Fine-tune a Hugging Face encoder on a GLUE task under a parameter-freezing method."
@@ -20,7 +20,7 @@ def build_parser(p):
 
 
 def cli(args) -> int:
-    cfg = RunConfig(**vars(args))
+    cfg = RunConfig(**environment_defaults(vars(args)))  # $GLUE_DIR, accelerate launch's precision
     from ..training import run  # imports torch: only once the flags are known good
 
     run(cfg)

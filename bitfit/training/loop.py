@@ -171,6 +171,10 @@ def start(su: Setup, started: float) -> Training:
     eval_dls = {n: _eval_loader(su, n) for n in eval_names}
     optimizer = make_optimizer(cfg, params, accelerator.device)  # the params are still on the CPU here
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
+    if accelerator.num_processes > 1:  # each process its own dropout stream (seed + rank); one process: as ever
+        from accelerate.utils import set_seed
+
+        set_seed(cfg.seed, device_specific=True)
     if cfg.compile:
         model = torch.compile(model, dynamic=True)  # dynamic: batches are padded to varying lengths
     steps_per_epoch = math.ceil(len(train_dl) / cfg.grad_accum)
@@ -326,7 +330,9 @@ def epoch_totals(tr: Training, totals: torch.Tensor, seen: int, seconds: float) 
     if accelerator.num_processes > 1:
         totals = accelerator.reduce(totals, "sum")
     loss_sum, counted, seen = totals.tolist()
-    return loss_sum / counted if counted else math.nan, int(seen), seconds
+    # several processes: even batches repeat a few examples to fill the last one; the epoch saw each example once
+    seen = min(int(seen), len(tr.su.encoded["train"]))
+    return loss_sum / counted if counted else math.nan, seen, seconds
 
 
 def evaluate(tr: Training, epoch: int, loss: float, seen: int, seconds: float) -> list[dict]:

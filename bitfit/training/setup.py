@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from .. import checkpoint, delta, io, policies
 from ..config import RunConfig
 from ..data import Encoded, EpochBatches, collator, encode, load_glue
-from ..devices import hardware, make_accelerator
+from ..devices import hardware, make_accelerator, world_size
 from ..errors import UserError
 from ..metrics import baseline
 from ..models import load_model, load_tokenizer, resolve_model
@@ -86,14 +87,18 @@ def _prepare(cfg: RunConfig, lock: RunLock | None) -> Setup:
         checkpoint.check_resumable(cfg, out)
     else:
         io.check_output_folder(cfg.output_path, cfg.overwrite)
-    splits = load_splits(cfg, task)
+    # from the hub, under a launch of several processes: the main process downloads, then the others read its cache
+    hub = cfg.data_dir is None and world_size() > 1
+    accelerator = make_accelerator(cfg) if hub else None
+    with accelerator.main_process_first() if hub else nullcontext():
+        splits = load_splits(cfg, task)
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model_name, cfg.trust_remote_code)
     model, new_params = load_model(cfg.model_name, task, cfg.trust_remote_code, cfg.attention_dropout)
     base_fp = delta.fingerprint(model, new_params)  # of the pretrained weights, before anything trains
-    accelerator = make_accelerator(cfg)
+    accelerator = accelerator or make_accelerator(cfg)
     check_lengths(cfg, model, tokenizer)
     encoded = {name: encode(ex, tokenizer, cfg.max_seq_length, task.is_regression) for name, ex in splits.items()}
     sel = policies.select(model, cfg, probe=make_probe(encoded["train"], collator(tokenizer), cfg, accelerator.device),
