@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-3.12}
 B=.gpu
-grep -qx "/$B/" .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo "/$B/" >> .git/info/exclude; }
+# .gpu/ is in .gitignore
 rm -rf "$B" && mkdir -p "$B/whl" "$B/site" "$B/glue"
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
