@@ -19,13 +19,13 @@ import torch
 from safetensors.torch import load_file
 
 from bitfit import checkpoint, run
-from bitfit.training import setup as training_setup
 from bitfit.config import RunConfig
 from bitfit.data import read_tsv
 from bitfit.errors import RunStopped, UserError
 from bitfit.tasks import get_task
 from conftest import REPO, accelerate_launch, tiny_config, write_bert_tokenizer
 from test_cli import make_glue_dir, read_jsonl
+from test_host_syncs import _poison_forward
 
 
 @pytest.fixture(scope="module")
@@ -98,23 +98,7 @@ def test_interrupted_then_resumed_equals_uninterrupted_bit_for_bit(policy, tmp_p
 
 def test_non_finite_loss_stops_with_step_and_lr_and_keeps_last_good_epoch(tmp_path, dropout_model_dir, glue_dir,
                                                                           monkeypatch):
-    real_load_model = training_setup.load_model
-    calls = {"n": 0}
-
-    def poisoned(*args, **kw):
-        model, fresh = real_load_model(*args, **kw)
-
-        def hook(module, inputs, output):
-            if module.training:
-                calls["n"] += 1
-                if calls["n"] == 9:  # the 3rd training step of epoch 2
-                    output["loss"] = output.loss * float("nan")
-            return output
-
-        model.register_forward_hook(hook)
-        return model, fresh
-
-    monkeypatch.setattr(training_setup, "load_model", poisoned)
+    _poison_forward(monkeypatch, at=9)  # the 3rd training step of epoch 2
     with pytest.raises(RunStopped) as stop:
         run(cfg(tmp_path / "run", dropout_model_dir, glue_dir, fine_tune_type="bitfit", scheduler="constant",
                       warmup_ratio=0.0))
