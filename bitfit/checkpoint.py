@@ -7,14 +7,16 @@
 
 Tensor files carry the epoch in their name and ``state.json`` is replaced last, so a crash at any
 moment leaves either the previous complete checkpoint or the new one. ``load`` checks each file's
-SHA-256 against ``state.json`` and refuses a truncated or tampered checkpoint with one line.
+SHA-256 against ``state.json`` and refuses a truncated, corrupted or hand-edited checkpoint with one line;
+``state.json`` is read bounded (``io.read_json_file``) and may name only files in the checkpoint folder.
+The folder is never written or emptied through a symlink, and only the files named above are deleted.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
+import re
 import shlex
 import signal
 import sys
@@ -29,12 +31,13 @@ from safetensors.torch import load_file
 from . import io
 from .config import RESUMABLE_CHANGES
 from .devices import gpu_index
-from .errors import UserError
+from .errors import UnreadableFile, UserError
 from .runstate import COMPLETE, INTERRUPTED, NEW, STOPPED, read_state
 
 FORMAT = "bitfit-checkpoint/3"  # /3: RNG states per process, fp16's loss-scaler state; /2: the scheduler state
 READABLE = ("bitfit-checkpoint/2", FORMAT)  # /2 (one process's RNG, keys rng::torch, rng::cuda0...) still resumes
 FOLDER = "checkpoint"
+OWN_FILE = re.compile(r"state\.json|(state|best)-e\d+\.safetensors|\..+\.tmp")  # what save() writes: all it deletes
 
 
 @dataclass
@@ -117,8 +120,7 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], groups: list[dict]) -
 
 
 def save(run_dir: Path, st: TrainState, best_changed: bool) -> None:
-    folder = run_dir / FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _own_folder(run_dir)
     previous = _read_json(folder / "state.json") if (folder / "state.json").exists() else None
     opt_tensors, groups = _flatten_optimizer(st.optimizer)
     tensors = {f"param::{n}": t for n, t in st.params.items()} | opt_tensors | {f"rng::{k}": v for k, v in st.rng.items()}
@@ -138,15 +140,33 @@ def save(run_dir: Path, st: TrainState, best_changed: bool) -> None:
     io.write_json(folder / "state.json", meta)
     keep = set(files.values()) | {"state.json"}
     for old in folder.glob("*.safetensors"):
-        if old.name not in keep:
+        if old.name not in keep and OWN_FILE.fullmatch(old.name):
             old.unlink(missing_ok=True)
+
+
+def _own_folder(run_dir: Path) -> Path:
+    """``<run>/checkpoint``, made if missing; refuses a symlink or a file there (save deletes old files in it)."""
+    folder = run_dir / FOLDER
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        what = "a symlink" if folder.is_symlink() else "a file"
+        raise UserError(f"checkpoint folder {str(folder)!r} is {what}; accepted: a folder of the run's own (remove "
+                        "it, then start the run again)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise io.environment_failure(folder, e) from None
+    return folder
 
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"checkpoint {path} is unreadable ({e.__class__.__name__}); it cannot be resumed") from None
+        meta = io.read_json_file(path)
+    except (OSError, UnreadableFile) as e:
+        why = e.why if isinstance(e, UnreadableFile) else e.__class__.__name__
+        raise UserError(f"checkpoint {path} is unreadable ({why}); it cannot be resumed") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"checkpoint {path} is unreadable (not a JSON object); it cannot be resumed")
+    return meta
 
 
 def exists(run_dir: Path) -> bool:
@@ -161,8 +181,21 @@ def load(run_dir: Path) -> TrainState:
     if meta.get("format") not in READABLE:
         raise UserError(f"checkpoint {folder} has format {meta.get('format')!r}; accepted: {', '.join(READABLE)} "
                         "(a checkpoint of an older version cannot be resumed: start the run again with --overwrite)")
+    try:
+        return _from_meta(folder, meta)
+    except UserError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as e:  # valid JSON of another shape
+        raise UserError(f"checkpoint {folder / 'state.json'} is malformed ({e.__class__.__name__}: {e}); it cannot "
+                        "be resumed") from None
+
+
+def _from_meta(folder: Path, meta: dict) -> TrainState:
     loaded = {}
     for key, name in meta["files"].items():
+        if not isinstance(name, str) or not OWN_FILE.fullmatch(name) or not name.endswith(".safetensors"):
+            raise UserError(f"checkpoint {folder / 'state.json'} names the file {name!r}; accepted: a state-eN or "
+                            "best-eN .safetensors file in the checkpoint folder; it cannot be resumed")
         path = folder / name
         if not path.is_file():
             raise UserError(f"checkpoint file {path} is missing; the checkpoint cannot be resumed")
@@ -200,10 +233,18 @@ def check_params(st: TrainState, trainable: dict[str, torch.Tensor], run_dir: Pa
 
 
 def remove(run_dir: Path) -> None:
+    """Delete the checkpoint: the files ``save`` writes, then the folder if that empties it. A symlink in the
+    folder's place is removed itself, never followed (what it points at is not the run's)."""
     folder = run_dir / FOLDER
-    if folder.is_dir():
-        for f in folder.iterdir():
-            f.unlink()
+    if folder.is_symlink():
+        folder.unlink()
+        return
+    if not folder.is_dir():
+        return
+    for f in folder.iterdir():
+        if OWN_FILE.fullmatch(f.name) and (f.is_symlink() or not f.is_dir()):
+            f.unlink(missing_ok=True)
+    if not any(folder.iterdir()):
         folder.rmdir()
 
 
@@ -258,6 +299,9 @@ BEFORE_FIELD = {"fast_cpu_ops": False, "tf32": False}
 def check_resumable(cfg, out: Path) -> None:
     """--resume: the folder holds a checkpoint of a run with the same settings."""
     state = read_state(out)
+    if (out / FOLDER).is_symlink():
+        raise UserError(f"checkpoint folder {str(out / FOLDER)!r} is a symlink; accepted: a folder of the run's own "
+                        "(the run writes and deletes files in it: move the files there and remove the link)")
     if state.status not in (INTERRUPTED, STOPPED):
         why = ("the run is already complete" if state.status == COMPLETE
                else "no config.json (no run there: start it without --resume)" if state.status == NEW
@@ -321,6 +365,18 @@ def resume_command(cfg) -> str:
     train ...`` with ``--resume`` (and without ``--overwrite``), after the same launcher when it ran under
     ``accelerate launch`` or ``torchrun`` (``launcher``); a sweep's trial is continued by its sweep; a run
     started from Python by ``run(RunConfig(..., resume=True))``."""
+    return rerun_command(cfg, resume=True)
+
+
+def restart_command(cfg) -> str:
+    """The command that starts this run again from its first epoch (a run stopped before any checkpoint): as
+    it was started, with ``--overwrite`` instead of ``--resume``."""
+    return rerun_command(cfg, resume=False)
+
+
+def rerun_command(cfg, resume: bool) -> str:
+    """``resume_command`` (``resume``) or ``restart_command``."""
+    flag, other = ("--resume", "--overwrite") if resume else ("--overwrite", "--resume")
     argv = sys.argv
     ray = sys.modules.get("ray")
     launch = launcher()
@@ -329,8 +385,9 @@ def resume_command(cfg) -> str:
     elif argv and Path(argv[0]).parent.name == "bitfit" and Path(argv[0]).name == "__main__.py" and argv[1:2] == ["train"]:
         head, args = (launch + ["-m"] if launch else ["python", "-m"]) + ["bitfit", "train"], argv[2:]
     elif ray is not None and ray.is_initialized():  # a sweep's trial, in a Ray worker
-        return f"the same `python -m bitfit sweep` command again (it resumes {cfg.output_path})"
+        return f"the same `python -m bitfit sweep` command again (it {'resumes' if resume else 'restarts'} {cfg.output_path})"
     else:
-        return f"run(RunConfig(**{{...as before}}, resume=True)) with output_path={cfg.output_path!r}"
-    args = [a for a in args if a != "--overwrite"]
-    return shlex.join([*head, *args] + ([] if "--resume" in args else ["--resume"]))
+        return (f"run(RunConfig(**{{...as before}}, {'resume' if resume else 'overwrite'}=True)) with "
+                f"output_path={cfg.output_path!r}")
+    args = [a for a in args if a != other]
+    return shlex.join([*head, *args] + ([] if flag in args else [flag]))

@@ -1,5 +1,7 @@
 """Errors a user can act on: bad input (one line, exit 2) and runs that stopped early."""
 
+from __future__ import annotations
+
 
 class UserError(ValueError):
     """Bad input: the message names the bad value and what would be accepted."""
@@ -11,6 +13,11 @@ class RunBusy(UserError):
     def __init__(self, message: str, pid: str):
         super().__init__(message)
         self.pid = pid
+
+    @classmethod
+    def holding(cls, folder, pid: str) -> RunBusy:
+        return cls(f"run folder {str(folder)!r} is in use by another run (pid {pid}); wait for it to end or stop it "
+                   "(one writer per folder)", pid)
 
 
 class RunStopped(RuntimeError):
@@ -31,3 +38,13 @@ class EnvironmentFailure(RuntimeError):
     (EX_IOERR), distinct from bad input's 2. Nothing was half-written."""
 
     exit_code = 74
+
+
+class UnreadableFile(UserError):
+    """A file the tool parses (a run folder's JSON, a lock) that is not a regular file of bounded size and
+    valid content: a FIFO, a device, a symlink, too large, too deeply nested, not JSON. ``why`` is the short
+    reason (``a FIFO, not a regular file``, ``JSONDecodeError``...) for callers that phrase their own line."""
+
+    def __init__(self, path, why: str, accepted: str = "a regular file written by this tool"):
+        super().__init__(f"{str(path)!r} is unreadable ({why}); accepted: {accepted}")
+        self.path, self.why = str(path), why

@@ -1,4 +1,6 @@
-"""The run folder: every file written whole (temp file, then rename), never half-written.
+"""The run folder: every file written whole (temp file, then rename), never half-written, and every file
+read back for parsing read bounded (``read_json_file``: a regular file only, never through a symlink or a
+FIFO, at most ``JSON_LIMIT`` bytes, a reason rather than a traceback for anything else).
 
     runs/rte/
       config.json          every setting, library versions, git commit
@@ -16,28 +18,20 @@ import errno
 import json
 import os
 import pickle
+import re
+import stat
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .errors import EnvironmentFailure, UserError
-from .runlock import LOCK_FILE
+from .errors import EnvironmentFailure, UnreadableFile
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 RUN_FILES = ("config.json", "metrics.jsonl", "results.json", "delta.safetensors", "learning_curves.png", "evaluator.pkl")
-
-
-def check_output_folder(path: str, overwrite: bool) -> None:
-    """Refuse a non-empty output folder (or a file in its place) unless ``overwrite``; writes nothing."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise UserError(f"output path {path!r} is a file; accepted: a new or empty folder (or --overwrite on a run folder)")
-    if p.is_dir() and any(f.name != LOCK_FILE for f in p.iterdir()) and not overwrite:
-        raise UserError(f"output folder {path!r} is not empty; pass --overwrite to write into it")
 
 
 TMP_PATTERN = ".*.tmp"  # what atomic_write leaves behind if the process dies mid-write
@@ -120,9 +114,91 @@ def write_pickle(path: Path, obj) -> None:
 
 
 def write_safetensors(path: Path, tensors: dict, metadata: dict[str, str]) -> None:
+    """Write tensors atomically; a full disk is ``EnvironmentFailure`` (safetensors reports it as its own
+    ``SafetensorError``, which names the OS error only in its message)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    def save(tmp: Path) -> None:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as e:
+            raise _os_error_in(e) or e from None
+
+    atomic_write(path, save)
+
+
+def _os_error_in(e: Exception) -> OSError | None:
+    """The OS error a library names in its message (``... (os error 28)``), if it is a full disk, a quota or a
+    read-only or failing file system; None for anything else (left as the library raised it)."""
+    found = re.search(r"\(os error (\d+)\)", str(e))
+    code = int(found.group(1)) if found else errno.ENOSPC if "No space left on device" in str(e) else None
+    return OSError(code, os.strerror(code)) if code in ENVIRONMENT_ERRNOS else None
+
+
+JSON_LIMIT = 64 << 20  # config.json, results.json, checkpoint/state.json: a few KB to a few MB in practice
+JSONL_LIMIT = 256 << 20  # metrics.jsonl: one ~300-byte row per epoch and split; 10,000 epochs of 3 splits is ~10 MB
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def read_regular_file(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of ``path``, read without following a symlink at its name or blocking on a FIFO, and only if it
+    is a regular file of at most ``limit`` bytes. Raises FileNotFoundError if there is nothing there, and
+    ``UnreadableFile`` (one line, naming the path and what it is) for anything else."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        why = "a symlink" if e.errno == errno.ELOOP and os.path.islink(path) else e.strerror
+        raise UnreadableFile(path, why) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+            raise UnreadableFile(path, f"{kind}, not a regular file")
+        data = _read_at_most(fd, limit + 1) if st.st_size <= limit else b""
+        if st.st_size > limit or len(data) > limit:  # the size, or what it grew to while being read
+            raise UnreadableFile(path, f"larger than {limit:,} bytes")
+        return data
+    except OSError as e:
+        raise UnreadableFile(path, e.strerror) from None
+    finally:
+        os.close(fd)
+
+
+def _read_at_most(fd: int, n: int) -> bytes:
+    chunks, size = [], 0
+    while size < n:
+        chunk = os.read(fd, min(1 << 20, n - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def read_json_file(path: str | os.PathLike, limit: int = JSON_LIMIT):
+    """The JSON value in ``path`` (read as ``read_regular_file`` reads: no symlink, no FIFO, at most ``limit``
+    bytes). Raises FileNotFoundError if there is nothing there, and ``UnreadableFile`` if it is not a regular
+    file, too large, not UTF-8, not JSON or nested too deeply to parse (a reason, never a RecursionError)."""
+    return _parse(path, read_regular_file(path, limit))
+
+
+def read_jsonl_file(path: str | os.PathLike, limit: int = JSONL_LIMIT) -> list:
+    """The JSON value of each non-blank line of ``path`` (metrics.jsonl), read as ``read_json_file`` reads."""
+    lines = read_regular_file(path, limit).splitlines()
+    return [_parse(f"{path}:{i}", line) for i, line in enumerate(lines, 1) if line.strip()]
+
+
+def _parse(where, data: bytes):
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise UnreadableFile(where, "JSON nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, an integer too long to convert
+        raise UnreadableFile(where, e.__class__.__name__) from None
 
 
 SOURCE_COMMIT_ENV = "BITFIT_SOURCE_COMMIT"  # "<commit>[:dirty]" of the code a sweep's driver shipped to its workers

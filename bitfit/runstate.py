@@ -18,23 +18,29 @@
 - ``stopped``: stopped early on purpose (a sweep's ``--early-stop``), after the epoch results.json
   names; never counted as complete; ``--resume`` trains the remaining epochs.
 - ``broken``: anything else (unreadable files, stopped before its first epoch's checkpoint, not a
-  run folder); start it again with ``--overwrite``.
+  run folder); start it again with ``--overwrite``. Also a symlink loop or a link to nothing, a folder
+  that cannot be listed, and a folder of run folders (``runs/``: the reason names the runs in it).
 
 While a run writes a folder it holds the folder's lock (``bitfit.runlock``): ``running`` is then its
-PID, whatever the files say so far.
+PID, and the reason starts ``running (pid N)`` and says only what is checkpointed so far (never
+``--resume`` or ``--overwrite``: wait for it, or stop it), whatever the status of the files.
 
-Reads only small JSON files; never imports torch.
+Reads only JSON files, each bounded (``io.read_json_file``: a regular file of at most ``io.JSON_LIMIT``
+bytes, never through a symlink or a FIFO, a reason for anything unreadable); never raises for what it
+finds on disk; never imports torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import errno
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import UnreadableFile
+from .io import read_json_file
 from .runlock import LOCK_FILE, holder
 
 NEW, COMPLETE, INTERRUPTED, DIVERGED, BROKEN, STOPPED = "new", "complete", "interrupted", "diverged", "broken", "stopped"
@@ -59,14 +65,30 @@ class RunState:
 
 
 def _json(path: Path) -> dict | None | str:
-    """The file's JSON object; None if absent; a one-word reason if it is not a JSON object."""
+    """The file's JSON object; None if absent; a short reason if it is not a JSON object."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = read_json_file(path)
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        return f"unreadable ({e.__class__.__name__})"
+    except UnreadableFile as e:
+        return f"unreadable ({e.why})"
     return value if isinstance(value, dict) else "not a JSON object"
+
+
+def _dangling(path: Path) -> str:
+    """Why a symlink leads nowhere: a loop, or a target that does not exist."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symlink loop"
+    return f"a symlink to {os.readlink(path)!r}, which does not exist"
+
+
+def _run_folders_in(path: Path) -> list[str]:
+    """Names of the subfolders of ``path`` that hold a run's files (config.json or results.json), sorted."""
+    return sorted(p.name for p in path.iterdir()
+                  if p.is_dir() and any(os.path.lexists(p / name) for name in ("config.json", "results.json")))
 
 
 def _finite(x) -> bool:
@@ -83,20 +105,40 @@ def _main_metric_ok(results: dict) -> bool:
 
 
 def read_state(folder: str | os.PathLike) -> RunState:
-    """The state of one run folder (see the module docstring); ``running`` says whether a run holds it now."""
-    state = _read_files(Path(folder))
-    pid = holder(state.path) if state.path.is_dir() else None
+    """The state of one run folder (see the module docstring); ``running`` says whether a run holds it now.
+    Whatever is on disk, this returns a state (an unreadable folder is ``broken``, with the reason)."""
+    path = Path(folder)
+    try:
+        state = _read_files(path)
+    except OSError as e:  # a folder that cannot be listed, a file system that fails
+        state = RunState(path, BROKEN, f"unreadable ({e.strerror or e.__class__.__name__}); accepted: a run folder "
+                                       "this user can read")
+    pid = holder(path) if path.is_dir() else None
     if pid is None:
         return state
-    return dataclasses.replace(state, running=pid, reason=f"running now (pid {pid}); on disk: {state.reason}")
+    return dataclasses.replace(state, running=pid, reason=_running(pid, state))
+
+
+def _running(pid: str, state: RunState) -> str:
+    """A running run's reason: what is checkpointed so far, and no advice to --resume or --overwrite."""
+    epochs = (state.config or {}).get("epochs")
+    of = f" of {epochs}" if epochs else ""
+    done = f"epoch {state.checkpoint_epoch}{of} checkpointed" if state.checkpoint_epoch else "no epoch checkpointed yet"
+    return f"running (pid {pid}): {done}; wait for it to end, or stop it, before acting on this folder"
 
 
 def _read_files(path: Path) -> RunState:
+    if path.is_symlink() and not path.exists():
+        return RunState(path, BROKEN, f"{_dangling(path)}; accepted: a run folder (remove or fix the link)")
     if not path.exists() or (path.is_dir() and all(p.name == LOCK_FILE for p in path.iterdir())):
         return RunState(path, NEW, "no run here yet")
     if not path.is_dir():
         return RunState(path, BROKEN, "a file, not a run folder")
     saved = _json(path / "config.json")
+    if saved is None and (runs := _run_folders_in(path)):
+        shown = ", ".join(runs[:3]) + (", ..." if len(runs) > 3 else "")
+        return RunState(path, BROKEN, f"not a run folder: it holds {len(runs)} run folder(s) ({shown}); name them, "
+                                      f"e.g. {path / runs[0]}")
     results = _json(path / "results.json")
     ckpt = _json(path / CHECKPOINT_STATE)
     epoch = ckpt.get("epoch") if isinstance(ckpt, dict) and isinstance(ckpt.get("epoch"), int) else None
