@@ -10,6 +10,7 @@ import time
 
 import torch
 
+from . import accelcompat
 from .errors import UserError
 
 log = logging.getLogger("bitfit")
@@ -84,7 +85,6 @@ def make_accelerator(cfg):
     """An Accelerator for ``cfg``'s device and precision (one line for a GPU index that does not exist, or a
     ``-d`` given to a launch of several processes), with the run's TF32 and determinism settings applied."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
     from accelerate.utils import DataLoaderConfiguration
 
     from .config import resolve_precision
@@ -107,7 +107,7 @@ def make_accelerator(cfg):
     refuse_sharding()
     resolve_precision(cfg.precision)  # a launch's half precision that the run's contradicts: one line, not ignored
     require_cuda_for_fp16(cfg.precision, cuda)
-    AcceleratorState._reset_state()  # a second run() in one process may use another precision; keeps the process group
+    accelcompat.reset_state()  # a second run() in one process may use another precision; keeps the process group
     accelerator = Accelerator(cpu=cfg.cpu or not cuda, mixed_precision="no" if cfg.precision == "fp32" else cfg.precision,
                               gradient_accumulation_steps=cfg.grad_accum,
                               dataloader_config=DataLoaderConfiguration(non_blocking=cuda),
