@@ -225,15 +225,27 @@ def resolve_precision(given: str | None, env=None) -> str:
     return LAUNCH_PRECISION[launch]
 
 
-def _check(f: dataclasses.Field, value) -> None:
-    label = f.metadata.get("label") or f.name.replace("_", " ")
+def check_settings(values: dict, where: str = "", labels: dict[str, str] | None = None) -> None:
+    """Check settings read from elsewhere (a delta's config, a command's flags) exactly as a run's flags are
+    checked: each value of a RunConfig field in ``values`` against that field's choices and range; other keys
+    are left alone. ``where`` prefixes the error (e.g. the delta's path); ``labels`` names a value as its
+    command's flag (``{"eval_batch_size": "--batch-size"}``)."""
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    for name, value in values.items():
+        if name in fields:
+            _check(fields[name], value, (labels or {}).get(name), where)
+
+
+def _check(f: dataclasses.Field, value, label: str | None = None, where: str = "") -> None:
+    label = label or f.metadata.get("label") or f.name.replace("_", " ")
+    where = f"{where}: " if where else ""
     choices, check = f.metadata.get("choices"), f.metadata.get("check")
     if value is None:
         return
     if choices and value not in choices:
-        raise UserError(f"unknown {label} {value!r}; accepted: {', '.join(choices)}")
+        raise UserError(f"{where}unknown {label} {value!r}; accepted: {', '.join(choices)}")
     if check and not check.ok(value):
-        raise UserError(f"{label} {value!r} is out of range; accepted: {check.accepted}")
+        raise UserError(f"{where}{label} {value!r} is out of range; accepted: {check.accepted}")
 
 
 def default_data_dir(env=None) -> str | None:

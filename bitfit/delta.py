@@ -41,9 +41,10 @@ from pathlib import Path
 
 import torch
 
-from . import io
+from . import io, preflight
 from .policies import sparse
 from .policies.anatomy import head_names, layer_of
+from .config import check_settings
 from .errors import UserError
 from .methods import METHODS
 from .models import load_model, load_tokenizer
@@ -270,7 +271,8 @@ def save(path: Path, model, sel, new_params: list[str], cfg, task: GlueTask, epo
 
 def delta_digest(meta: dict[str, str]) -> str:
     """sha256 over every metadata entry but itself (which include ``tensors_sha256``, the tensors' digest):
-    a delta whose task, labels, policy or base was edited after it was written no longer matches."""
+    a delta whose task, labels, policy or base was corrupted or edited after it was written no longer matches.
+    An integrity check, not a signature: anyone can recompute it (docs/DELTAS.md says what that leaves)."""
     body = json.dumps({k: v for k, v in meta.items() if k != "digest"}, sort_keys=True).encode()
     return "sha256:" + hashlib.sha256(b"bitfit-delta-digest/1\n" + body).hexdigest()
 
@@ -357,8 +359,8 @@ def read(path: str | os.PathLike, allow_unverified: bool = False) -> Delta:
         raise UserError(f"{p}: its tensors do not match the digest recorded when it was written (corrupted or "
                         "modified); refusing to use it")
     if meta.get("digest") and delta_digest(meta) != meta["digest"]:
-        raise UserError(f"{p}: its metadata does not match the digest recorded when it was written (edited: task, "
-                        "labels, policy or base changed); refusing to use it")
+        raise UserError(f"{p}: its metadata does not match the digest recorded when it was written (corrupted, or "
+                        "edited without recomputing it); refusing to use it")
     return Delta(p, tensors, meta)
 
 
@@ -383,7 +385,7 @@ def _check_metadata(p: Path, meta: dict[str, str]) -> None:
     get_task(meta["task"])
     if meta["policy"] not in METHODS:
         raise UserError(f"{p}: policy {meta['policy']!r} is unknown; accepted: {', '.join(METHODS)}")
-    _json_meta(p, meta, "config", dict)
+    check_settings(_json_meta(p, meta, "config", dict), where=f"{p} (its config)")  # as run_glue.py checks them
     _json_meta(p, meta, "labels", list)
     _json_meta(p, meta, "bias_terms", list)
 
@@ -437,7 +439,7 @@ def merge(d: Delta | str | os.PathLike, out: str | os.PathLike, base: str | None
     """
     d = as_delta(d, allow_unverified)
     out = Path(out)
-    io.check_output_folder(str(out), overwrite)
+    preflight.check_output_folder(str(out), overwrite)
     model, tokenizer = load(d, base, trust_remote_code)
     try:
         _write_merged(d, model, tokenizer, out, base)

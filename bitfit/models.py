@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .data import hub_offline, hub_reachable
 from .errors import UserError
 from .tasks import GlueTask
 
@@ -66,6 +65,8 @@ def _cache_then_hub(loader, source: str, name: str, **kw):
     except OSError:
         if Path(source).is_dir():
             raise
+    from .data import hub_offline, hub_reachable  # (data imports torch: not at import, so preflight stays torch-free)
+
     if hub_offline() or not hub_reachable():
         raise UserError(f"model {name!r} is not a local folder, not in the Hugging Face cache, and the hub cannot be "
                         "reached; use 'minilm' (bundled) or a local model folder")
@@ -111,3 +112,24 @@ def load_model(name: str, task: GlueTask, trust_remote_code: bool = False, atten
     if new_params:
         log.info("newly initialised (saved in the delta): %s", ", ".join(new_params))
     return model, new_params
+
+
+def positions(model, tokenizer) -> int:
+    """How many tokens the model takes: its position table (less RoBERTa's padding offset), or the
+    tokenizer's stated maximum if smaller."""
+    limit = getattr(model.config, "max_position_embeddings", None) or 1 << 30
+    padding_idx = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", None)
+    if padding_idx is not None and getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= padding_idx + 1  # RoBERTa's positions start after the padding index
+    stated = getattr(tokenizer, "model_max_length", None)
+    return min(limit, stated) if isinstance(stated, int) and stated < 1 << 30 else limit
+
+
+def check_max_length(max_seq_length: int, model, tokenizer, model_name: str, label: str = "max seq length",
+                     where: str = "") -> None:
+    """Refuse a maximum sequence length above what the model takes (training, and prediction from a delta or a
+    flag: one check); ``label`` names the value as the user gave it, ``where`` prefixes the error."""
+    limit = positions(model, tokenizer)
+    if max_seq_length > limit:
+        raise UserError(f"{where + ': ' if where else ''}{label} {max_seq_length} is above what model {model_name!r} "
+                        f"takes ({limit} tokens); accepted: 8 to {limit}")

@@ -35,8 +35,9 @@ import torch
 from . import delta as deltas
 from . import tsv
 from .data import Example, collator, encode, sorted_loader
+from .config import check_settings
 from .errors import UserError
-from .models import load_model, load_tokenizer
+from .models import check_max_length, load_model, load_tokenizer
 from .policies import head_names
 from .progress import progress
 from .submit import format_prediction
@@ -214,9 +215,12 @@ class Backbone:
         if examples and len(examples[0].texts) != len(t.task.test_text_columns):
             raise UserError(f"task {t.task.glue_name} takes {len(t.task.test_text_columns)} text(s) per example; "
                             f"got {len(examples[0].texts)}")
-        encoded = encode(examples, self.tokenizer, max_seq_length or config.get("max_seq_length", 128), t.task.is_regression)
+        length, batch_size = self._sizes(name, batch_size, max_seq_length)
+        if not examples:
+            return torch.zeros(0, t.task.num_labels)
+        encoded = encode(examples, self.tokenizer, length, t.task.is_regression)
         encoded.labels = None  # prediction only: gold labels, if the examples carry any, are not the model's business
-        data = sorted_loader(encoded, batch_size or config.get("eval_batch_size", 64), collator(self.tokenizer))
+        data = sorted_loader(encoded, batch_size, collator(self.tokenizer))
         precision = config.get("precision", "fp32")
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         out = []
@@ -224,9 +228,18 @@ class Backbone:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
                 out.append(self.model(**batch).logits.float().cpu())
-        if not out:
-            return torch.zeros(0, t.task.num_labels)
         return torch.from_numpy(data.restore(torch.cat(out).numpy()))
+
+    def _sizes(self, name: str, batch_size: int | None, max_seq_length: int | None) -> tuple[int, int]:
+        """(max length, batch size) for task ``name``: the given ones, else its run's; checked as run_glue.py checks
+        them (one shared check), and the length against what this backbone's model takes."""
+        config = self.tasks[name].delta.config
+        given = {"max_seq_length": max_seq_length, "eval_batch_size": batch_size}
+        check_settings(given, labels={"max_seq_length": "--max-seq-length", "eval_batch_size": "--batch-size"})
+        length = max_seq_length or config.get("max_seq_length", 128)
+        label = "--max-seq-length" if max_seq_length else f"the max seq length of {name}'s run"
+        check_max_length(length, self.model, self.tokenizer, self.name, label=label)
+        return length, batch_size or config.get("eval_batch_size", 64)
 
     def predict(self, name: str, texts, batch_size: int | None = None, max_seq_length: int | None = None,
                 probs: bool = True) -> list[Prediction]:
@@ -286,7 +299,11 @@ def parse_inputs(name: str, text: str, task: GlueTask, fmt: str = "auto") -> lis
         suffix = Path(name).suffix.lower()
         fmt = "jsonl" if suffix in (".jsonl", ".json") else "tsv" if suffix else (
             "jsonl" if text.lstrip().startswith("{") else "tsv")
-    return _parse_jsonl(name, text, task) if fmt == "jsonl" else _parse_tsv(name, text, task)
+    examples = _parse_jsonl(name, text, task) if fmt == "jsonl" else _parse_tsv(name, text, task)
+    if not examples:
+        raise UserError(f"{name}: no examples to predict (an empty file, or a header only); accepted: "
+                        + ("one JSON object per line" if fmt == "jsonl" else "a header line and at least one row"))
+    return examples
 
 
 def _parse_tsv(name: str, text: str, task: GlueTask) -> list[Example]:

@@ -26,7 +26,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import io, tsv
+from . import io, preflight, tsv
 from .config import default_data_dir
 from .data import read_tsv
 from .errors import UserError
@@ -162,6 +162,7 @@ def submit(runs, out: str | os.PathLike, data_dir: str | None = None, allow_miss
            overwrite: bool = False) -> tuple[dict[str, tuple[Path, Entry]], list[str]]:
     """Check, then zip; refuses a partial set unless ``allow_missing``. Returns what ``collect`` did."""
     out = Path(out)
+    preflight.check_not_under_a_file(str(out), "output")
     if out.exists() and (out.is_dir() or not overwrite):
         raise UserError(f"output {str(out)!r} exists; accepted: a new .zip path (or --overwrite to replace a file)")
     if not runs:

@@ -83,6 +83,7 @@ def test_run_glue_takes_glue_dir_from_the_environment_and_records_it(tmp_path, m
 
     seen = []
     monkeypatch.setattr("bitfit.training.run", lambda cfg: seen.append(cfg))
+    monkeypatch.setattr(train, "check_inputs", lambda cfg: None)  # (no data there: only where it was taken from)
     monkeypatch.setenv("GLUE_DIR", str(tmp_path))
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     parser = train.build_parser(__import__("bitfit.cli", fromlist=["make_parser"]).make_parser("run_glue.py", ""))

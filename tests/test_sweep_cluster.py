@@ -147,7 +147,7 @@ def test_an_address_that_accepts_but_is_no_ray_cluster_gives_up_within_the_timeo
     ("o_file", "is a file; accepted: a folder"),
     ("o_under_file", "which is a file"),
     ("no_data", "data dir '/nonexistent' is not a folder"),
-    ("no_task_data", "has no MRPC/train.tsv for task MRPC"),
+    ("no_task_data", "has no training file for 1 of the sweep's 2 tasks: MRPC (looked for MRPC/train.tsv ...); accepted: the GLUE TSV layout, or --tasks rte"),
     ("no_model", "model folder '/nonexistent/model' does not exist"),
 ])
 def test_bad_paths_are_one_line_before_ray_starts(case, words, tiny_bert_dir, tmp_path, capsys, monkeypatch):

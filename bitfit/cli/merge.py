@@ -18,7 +18,7 @@ def build_parser(p):
     p.add_argument("--overwrite", action="store_true", help="allow writing into a non-empty folder")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a base model whose code lives on the hub")
     p.add_argument("--allow-unverified", action="store_true", help="load a delta that carries no digest or "
-                   "fingerprint (written by an older version); it cannot be checked against tampering or its base")
+                   "fingerprint (written by an older version); it cannot be checked for corruption, edits or its base")
     p.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=True, help="log what was merged")
     return p
 

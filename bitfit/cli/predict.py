@@ -11,7 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .. import io
+from .. import io, preflight
+from ..config import check_settings
 from ..errors import UserError
 from ..logs import setup_logging
 
@@ -40,7 +41,7 @@ def build_parser(p):
     p.add_argument("--device", default="auto", help="cpu, cuda or cuda:N (auto: the first GPU if there is one)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a base model whose code lives on the hub")
     p.add_argument("--allow-unverified", action="store_true", help="load deltas that carry no digest or "
-                   "fingerprint (written by an older version); they cannot be checked against tampering or their base")
+                   "fingerprint (written by an older version); they cannot be checked for corruption, edits or their base")
     p.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=True,
                    help="log loading and task-switch times (--no-verbose: warnings only)")
     return p
@@ -50,9 +51,10 @@ def _check(args) -> str:
     """Refuse inconsistent flags before anything loads; returns the output format."""
     if len(args.input) not in (1, len(args.delta)):
         raise UserError(f"{len(args.input)} inputs for {len(args.delta)} deltas; accepted: one input for all, or one per delta")
-    for flag in ("batch_size", "max_seq_length"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is out of range; accepted: an integer >= 1")
+    check_settings({"eval_batch_size": args.batch_size, "max_seq_length": args.max_seq_length},
+                   labels={"eval_batch_size": "--batch-size", "max_seq_length": "--max-seq-length"})  # as run_glue.py
+    if args.output != "-":
+        preflight.check_not_under_a_file(args.output, "output")
     fmt = args.format or ("jsonl" if args.output.endswith(".jsonl") else "tsv")
     several = len(args.delta) > 1
     if several and args.output == "-" and fmt == "tsv":

@@ -179,11 +179,14 @@ def _check_inputs(trials) -> None:
     if not Path(data).is_dir():
         raise UserError(f"data dir {data!r} is not a folder; accepted: a folder in the GLUE TSV layout "
                         "(e.g. glue_data/RTE/train.tsv)")
-    for name in dict.fromkeys(t.settings["task_name"] for t in trials):
-        train = Path(data) / get_task(name).glue_name / "train.tsv"
-        if not train.is_file():
-            raise UserError(f"data dir {data!r} has no {train.relative_to(data)} for task {get_task(name).glue_name}; "
-                            "accepted: the GLUE TSV layout, or leave that task out of the sweep")
+    tasks = [get_task(name) for name in dict.fromkeys(t.settings["task_name"] for t in trials)]
+    missing = [t for t in tasks if not (Path(data) / t.glue_name / "train.tsv").is_file()]
+    if missing:
+        names = ", ".join(t.glue_name for t in missing)
+        here = [t.name for t in tasks if t not in missing]
+        raise UserError(f"data dir {data!r} has no training file for {len(missing)} of the sweep's {len(tasks)} tasks: "
+                        f"{names} (looked for {missing[0].glue_name}/train.tsv ...); accepted: the GLUE TSV layout, or "
+                        + (f"--tasks {' '.join(here)}" if here else "a data dir holding them"))
 
 
 def _check_output_root(out: Path) -> None:

@@ -9,6 +9,7 @@ Every flag is generated from ``bitfit.config.RunConfig``'s declarations.
 from __future__ import annotations
 
 from ..config import RunConfig, environment_defaults
+from ..preflight import check_inputs
 from .args import add_dataclass_flags
 
 DESCRIPTION = "Fine-tune a Hugging Face encoder on a GLUE task under a parameter-freezing method."
@@ -21,7 +22,8 @@ def build_parser(p):
 
 def cli(args) -> int:
     cfg = RunConfig(**environment_defaults(vars(args)))  # $GLUE_DIR, accelerate launch's precision
-    from ..training import run  # imports torch: only once the flags are known good
+    check_inputs(cfg)  # paths, data files, model: in milliseconds, before torch and before any folder is made
+    from ..training import run  # imports torch: only once the flags and paths are known good
 
     run(cfg)
     return 0

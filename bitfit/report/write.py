@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .. import io
+from .. import io, preflight
 from ..tasks import get_task
 from .figures import group_slug, model_slug, plot_data_size, plot_group_curves, slug
 from .groups import MeanStd, RunGroup, method_order, model_name, select, size_name, task_order
@@ -134,7 +134,7 @@ def write_report(roots: list[str | os.PathLike], out: str | os.PathLike, overwri
     Run folders are named relative to the current working directory; ``deltas=False`` skips the
     figures that load base models (bias change, per-layer distance)."""
     out = Path(out)
-    io.check_output_folder(str(out), overwrite)
+    preflight.check_output_folder(str(out), overwrite)
     runs, skipped = collect(roots, exclude=out)
     found = len(runs) + len(skipped)
     groups, more = select(runs)

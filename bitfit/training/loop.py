@@ -318,6 +318,10 @@ def _reason(tr: Training, epoch: int, found: stops.Found, lrs: dict[int, float])
                           exit_code=1, step=found.step)
     if found.interrupted:
         sig = signal.Signals(tr.interrupted)
+        if not tr.st.epoch:  # no checkpoint yet: --resume would find nothing to continue
+            return stops.Stop("interrupted", f"{sig.name} during epoch {epoch}: stopped before any epoch was complete, "
+                              "so nothing is kept and the run starts over. Start it again with:\n  "
+                              f"{checkpoint.restart_command(cfg)}", exit_code=128 + sig.value)
         return stops.Stop("interrupted", f"{sig.name} during epoch {epoch}: stopped; epochs 1-{tr.st.epoch} are "
                           f"kept. Resume with:\n  {checkpoint.resume_command(cfg)}", exit_code=128 + sig.value)
     return None
@@ -409,8 +413,10 @@ def stop(tr: Training, status: str, message: str, exit_code: int):
     process calls it at the same point (``stops.agree``)."""
     res = results(tr, status) | {"message": message}
     if tr.accelerator.is_main_process:
-        if status == "interrupted":
+        if status == "interrupted" and tr.st.epoch:
             res["resume_command"] = checkpoint.resume_command(tr.cfg)
+        elif status == "interrupted":  # before the first checkpoint: nothing to resume
+            res["restart_command"] = checkpoint.restart_command(tr.cfg)
         io.write_json(tr.su.out / "results.json", res)
     tr.accelerator.wait_for_everyone()  # no process ends (and has the launcher end the others) before it is written
     raise RunStopped(message, exit_code)

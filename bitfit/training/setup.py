@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import logging
-import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .. import checkpoint, delta, io, policies
+from .. import checkpoint, delta, io, policies, preflight
 from ..config import RunConfig
 from ..data import Encoded, EpochBatches, collator, encode, load_glue
 from ..devices import hardware, make_accelerator, world_size
-from ..errors import UserError
 from ..metrics import baseline
-from ..models import load_model, load_tokenizer, resolve_model
+from ..models import check_max_length, load_model, load_tokenizer, resolve_model
+from ..preflight import check_inputs, is_main_process
 from ..runlock import RunLock
 from ..tasks import GlueTask, get_task
 
@@ -61,16 +60,12 @@ def load_splits(cfg: RunConfig, task: GlueTask) -> dict:
     return splits
 
 
-def is_main_process() -> bool:
-    """Rank 0 of a launch (``accelerate launch``/``torchrun`` set RANK), or a plain single process."""
-    return os.environ.get("RANK", "0") == "0"
-
-
 def prepare(cfg: RunConfig) -> Setup:
     """Take the run folder's lock, then everything that can fail on bad input, before anything is written.
 
     A failure here releases the lock and removes the folder if this call created it (empty but for the lock).
     """
+    check_inputs(cfg)  # before the lock makes the folder (the command line checked them already, before torch)
     lock = RunLock(cfg.output_path).acquire() if is_main_process() else None
     try:
         return _prepare(cfg, lock)
@@ -86,7 +81,7 @@ def _prepare(cfg: RunConfig, lock: RunLock | None) -> Setup:
     if cfg.resume:
         checkpoint.check_resumable(cfg, out)
     else:
-        io.check_output_folder(cfg.output_path, cfg.overwrite)
+        preflight.check_output_folder(cfg.output_path, cfg.overwrite)
     # from the hub, under a launch of several processes: the main process downloads, then the others read its cache
     hub = cfg.data_dir is None and world_size() > 1
     accelerator = make_accelerator(cfg) if hub else None
@@ -99,32 +94,13 @@ def _prepare(cfg: RunConfig, lock: RunLock | None) -> Setup:
     model, new_params = load_model(cfg.model_name, task, cfg.trust_remote_code, cfg.attention_dropout)
     base_fp = delta.fingerprint(model, new_params)  # of the pretrained weights, before anything trains
     accelerator = accelerator or make_accelerator(cfg)
-    check_lengths(cfg, model, tokenizer)
+    check_max_length(cfg.max_seq_length, model, tokenizer, cfg.model_name)
     encoded = {name: encode(ex, tokenizer, cfg.max_seq_length, task.is_regression) for name, ex in splits.items()}
     sel = policies.select(model, cfg, probe=make_probe(encoded["train"], collator(tokenizer), cfg, accelerator.device),
                           on_main=on_main(accelerator))
     baselines = {s.name: baseline(task, [e.label for e in splits[s.name]]) for s in task.dev_splits}
     return Setup(cfg, task, splits, encoded, tokenizer, model, new_params, base_fp, sel, accelerator, out, lock,
                  baselines)
-
-
-def positions(model, tokenizer) -> int:
-    """How many tokens the model takes: its position table (less RoBERTa's padding offset), or the
-    tokenizer's stated maximum if smaller."""
-    limit = getattr(model.config, "max_position_embeddings", None) or 1 << 30
-    padding_idx = getattr(getattr(model.base_model, "embeddings", None), "padding_idx", None)
-    if padding_idx is not None and getattr(model.config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        limit -= padding_idx + 1  # RoBERTa's positions start after the padding index
-    stated = getattr(tokenizer, "model_max_length", None)
-    return min(limit, stated) if isinstance(stated, int) and stated < 1 << 30 else limit
-
-
-def check_lengths(cfg: RunConfig, model, tokenizer) -> None:
-    """Refuse a --max-seq-length above what the model takes (before anything is written)."""
-    limit = positions(model, tokenizer)
-    if cfg.max_seq_length > limit:
-        raise UserError(f"max seq length {cfg.max_seq_length} is above what model {cfg.model_name!r} takes "
-                        f"({limit} tokens); accepted: 8 to {limit}")
 
 
 def on_main(accelerator):
