@@ -73,6 +73,7 @@ class RunLock:
         self.folder = Path(folder)
         self.path = self.folder / LOCK_FILE
         self.created = False  # whether acquire() made the folder (so a failed start can remove it again)
+        self.made: list[Path] = []  # the folders acquire() made, the run folder first, then its new parents
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
@@ -100,6 +101,7 @@ class RunLock:
         if self.folder.exists() and not self.folder.is_dir():
             raise UserError(f"output path {str(self.folder)!r} is a file; accepted: a new or empty folder")
         self.created = not self.folder.exists()
+        self.made = [f for f in [self.folder, *self.folder.parents] if not f.exists() and not f.is_symlink()]
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -132,14 +134,19 @@ class RunLock:
         return fd
 
     def release(self, remove_if_created: bool = False) -> None:
-        """Unlock; with ``remove_if_created``, also remove the folder this lock made if only the lock is in it."""
+        """Unlock; with ``remove_if_created``, also remove the folder this lock made, and the parents it made for
+        it, each if empty (a failed start leaves no trace, not even the parents of ``-o``)."""
         if self._fd is not None:
             self.path.unlink(missing_ok=True)  # while still held: a run that opened it before sees it replaced
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
-        if remove_if_created and self.created and self.folder.is_dir() and not any(self.folder.iterdir()):
-            self.folder.rmdir()
-            self.created = False
+        if remove_if_created and self.created:
+            for folder in self.made:  # innermost first; stops at the first one something else has written into
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+            self.created, self.made = False, []
 
     def __enter__(self) -> RunLock:
         return self.acquire()

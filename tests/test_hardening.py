@@ -106,10 +106,12 @@ def test_two_runs_started_together_never_mix_their_files(tmp_path, tiny_bert_dir
 
 
 def test_a_failed_start_leaves_no_folder_and_releases_the_lock(tmp_path, capsys, tiny_bert_dir, glue_dir):
-    out = tmp_path / "new" / "run"
+    (tmp_path / "kept").mkdir()
+    out = tmp_path / "kept" / "new" / "deeper" / "run"
     rc, err = cli(capsys, *base_args(tiny_bert_dir, glue_dir, out, "--max-seq-length", "100000"))
     assert rc == 2 and "max seq length 100000 is above what model" in err and "accepted: 8 to 128" in err
-    assert not out.exists()
+    assert not (tmp_path / "kept" / "new").exists()  # nor the parents it made for -o
+    assert (tmp_path / "kept").is_dir()  # what was there before stays
     with RunLock(out):  # free again
         pass
 
