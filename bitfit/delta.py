@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,13 +327,24 @@ class Delta:
 
 
 def delta_path(path: str | os.PathLike) -> Path:
-    """A delta file, or a run folder holding ``delta.safetensors``."""
+    """A delta file, or a run folder holding ``delta.safetensors``: a regular file (``safe_open`` would wait
+    forever on a FIFO, or read a device without end)."""
     p = Path(path)
     if p.is_dir():
         p = p / FILE
-    if not p.is_file():
-        raise UserError(f"delta {str(path)!r} not found; accepted: a delta.safetensors file or a run folder holding one")
+    accepted = "accepted: a delta.safetensors file or a run folder holding one"
+    try:
+        mode = p.stat().st_mode
+    except OSError:  # nothing there, a link to nothing, a symlink loop
+        raise UserError(f"delta {str(path)!r} not found; {accepted}") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        raise UserError(f"delta {str(p)!r} is {kind}, not a regular file; {accepted}")
     return p
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
 def read(path: str | os.PathLike, allow_unverified: bool = False) -> Delta:
@@ -367,7 +379,7 @@ def read(path: str | os.PathLike, allow_unverified: bool = False) -> Delta:
 def _json_meta(path: Path, meta: dict[str, str], key: str, kind: type):
     try:
         value = json.loads(meta.get(key) or ("{}" if kind is dict else "null"))
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply ("[" * 100000)
         value = ...
     if not (isinstance(value, kind) or (kind is not dict and value is None)):
         raise UserError(f"{path}: metadata {key!r} is not {'a JSON object' if kind is dict else 'a JSON list or null'}; "

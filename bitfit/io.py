@@ -89,7 +89,7 @@ def environment_failure(path: Path, e: OSError) -> Exception:
     """``EnvironmentFailure`` (one line, exit 74) for a full disk or read-only file system; else ``e`` itself."""
     if e.errno in ENVIRONMENT_ERRNOS:
         return EnvironmentFailure(f"cannot write {path}: {e.strerror} (it is left as it was; free space or "
-                                  "use another --output-path)")
+                                  "write to another disk)")
     return e
 
 

@@ -338,6 +338,11 @@ def _parse_jsonl(name: str, text: str, task: GlueTask) -> list[Example]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise UserError(f"{name}:{lineno}: not JSON ({e.msg}); accepted: one JSON object per line") from None
+        except RecursionError:
+            raise UserError(f"{name}:{lineno}: JSON nested too deeply; accepted: one JSON object per line") from None
+        except ValueError as e:  # an integer of more than 4,300 digits
+            raise UserError(f"{name}:{lineno}: not JSON this tool reads ({str(e).split(':')[0]}); accepted: one JSON "
+                            "object per line") from None
         if not isinstance(obj, dict):
             raise UserError(f"{name}:{lineno}: not a JSON object; accepted: one object per line")
         if keys is None:

@@ -349,7 +349,7 @@ def test_a_full_disk_during_a_run_exits_74_with_one_line(tmp_path, capsys, monke
     def full_at_metrics(path, text):
         if Path(path).name == "metrics.jsonl":
             raise EnvironmentFailure(f"cannot write {path}: No space left on device (it is left as it was; free space "
-                                     "or use another --output-path)")
+                                     "or write to another disk)")
         return real(path, text)
 
     monkeypatch.setattr(io, "write_text", full_at_metrics)

@@ -346,7 +346,7 @@ def test_taking_the_lock_on_a_full_real_disk_is_one_line_exit_74(tiny_disk, caps
     rc, err = cli(capsys, *base_args(tiny_bert_dir, glue_dir, tiny_disk / "run"))
     assert rc == 74 and one_line(err) == (
         f"run_glue.py: error: cannot write {tiny_disk / 'run' / LOCK_FILE}: No space left on device (it is left as it "
-        "was; free space or use another --output-path)")
+        "was; free space or write to another disk)")
     assert sorted(p.name for p in tiny_disk.iterdir()) == ["filler"]  # no lock file, no run folder
 
 

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from ..config import RunConfig, default_data_dir
-from ..errors import UserError
+from ..errors import UnreadableFile, UserError
+from ..io import read_regular_file
 from ..sweep.grid import PER_TRIAL, SETTINGS, Sweep, expand, method_items, parse_method, settings_value
 from ..sweep.plan import BUSY, SKIP, SKIP_DIVERGED, SKIP_STOPPED, TO_RUN, plan, plan_lines
 from ..sweep.presets import PRESETS, preset
@@ -82,13 +83,24 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
+YAML_LIMIT = 1 << 20  # a sweep file is a few short lists (the largest preset, table3, is 662 bytes as YAML): 1 MiB
+# is over a thousand times that, and bounds what PyYAML's safe_load (pure Python: a few seconds per MiB) parses
+
+
 def _read_yaml(path: str) -> dict:
     import yaml
 
-    try:
-        spec = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    try:  # a symlink to the file is the user's own choice: followed; a FIFO or a device is refused, never waited on
+        text = read_regular_file(os.path.realpath(path), YAML_LIMIT).decode("utf-8")
+        spec = yaml.safe_load(text)
     except OSError as e:
         raise UserError(f"cannot read sweep file {path!r}: {e.strerror}") from None
+    except UnreadableFile as e:
+        raise UserError(f"cannot read sweep file {path!r}: {e.why}; accepted: a YAML file of at most "
+                        f"{YAML_LIMIT >> 20} MiB") from None
+    except RecursionError:
+        raise UserError(f"sweep file {path!r} is nested too deeply to read; accepted: a YAML file of a few lists "
+                        "(docs/SWEEPS.md)") from None
     except UnicodeDecodeError as e:
         raise UserError(f"sweep file {path!r} is not UTF-8 text (byte {e.start}); accepted: a YAML file in UTF-8") from None
     except yaml.YAMLError as e:

@@ -14,14 +14,14 @@ or be resumed) or ``failed: ...``. Folders are named relative to the current wor
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import RunConfig
-from ..errors import UserError
+from ..errors import UnreadableFile, UserError
+from ..io import read_jsonl_file
 from ..methods import method_label
 from ..runstate import BROKEN, COMPLETE, INTERRUPTED, STOPPED, RunState, read_state
 from ..tasks import GlueTask, get_task
@@ -138,12 +138,16 @@ def find_run_folders(roots: list[Path], exclude: Path | None = None) -> list[Pat
     return found
 
 
-def _read_history(folder: Path) -> list[dict]:
+def _read_history(folder: Path) -> list[dict] | str:
+    """metrics.jsonl's rows (none if it is absent), or why it cannot be used: read bounded, never through a
+    symlink or a FIFO (``io.read_jsonl_file``)."""
     try:
-        text = (folder / "metrics.jsonl").read_text(encoding="utf-8")
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    except (OSError, ValueError):
+        rows = read_jsonl_file(folder / "metrics.jsonl")
+    except FileNotFoundError:
         return []  # the tables need results.json only; the learning curve says it has no points
+    except UnreadableFile as e:
+        return f"metrics.jsonl is unreadable ({e.why})"
+    return rows if all(isinstance(r, dict) for r in rows) else "metrics.jsonl is unreadable (a row is not a JSON object)"
 
 
 def skip_reason(state: RunState) -> str:
@@ -153,7 +157,10 @@ def skip_reason(state: RunState) -> str:
     if state.status == STOPPED:
         return state.reason  # "stopped early after epoch N of M: ... (not complete: ...)"
     if state.status == BROKEN and state.config is not None and not (state.path / "results.json").exists():
-        done = max((row.get("epoch", 0) for row in _read_history(state.path)), default=0)
+        history = _read_history(state.path)
+        if isinstance(history, str):
+            return f"failed: no results.json, {history}; {state.reason}"
+        done = max((row.get("epoch", 0) for row in history), default=0)
         of = f" of {state.config['epochs']}" if state.config.get("epochs") else ""
         return f"incomplete: no results.json, {done}{of} epochs in metrics.jsonl; {state.reason}"
     return f"failed: {state.reason}"
@@ -169,7 +176,10 @@ def read_run(folder: Path, label: str) -> Run | Skipped:
         get_task(cfg["task_name"])
     except UserError as e:
         return Skipped(label, f"unknown task: {e}")
-    run = Run(folder, label, cfg, state.results, _read_history(folder), int(state.saved.get("num_processes") or 1))
+    history = _read_history(folder)
+    if isinstance(history, str):
+        return Skipped(label, f"failed: {history}")
+    run = Run(folder, label, cfg, state.results, history, int(state.saved.get("num_processes") or 1))
     try:
         main = run.main
     except (KeyError, TypeError, ValueError):

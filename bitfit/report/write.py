@@ -123,7 +123,10 @@ def _fresh_figures(out: Path) -> Path:
     figures = out / "figures"
     if figures.is_dir():
         shutil.rmtree(figures)  # a previous report's figures (only with --overwrite: checked first)
-    figures.mkdir(parents=True)
+    try:
+        figures.mkdir(parents=True)
+    except OSError as e:
+        raise io.environment_failure(figures, e) from None  # a full disk or read-only file system: exit 74
     return figures
 
 

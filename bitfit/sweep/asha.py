@@ -21,11 +21,12 @@ driver and no private Ray class, and on a cluster it works wherever the run fold
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from statistics import median
 
+from ..errors import UnreadableFile
+from ..io import read_jsonl_file
 from ..tasks import dev_main, get_task
 
 REDUCTION = 2  # keep the better half at each rung
@@ -59,19 +60,13 @@ def recorded(run: Path, task_name: str, epoch: int) -> dict[Path, float]:
 
 
 def _rows(path: Path, epoch: int) -> list[dict]:
+    """``path``'s rows of ``epoch``; none where it is absent or unreadable (a FIFO, a symlink, too large, a line
+    that is not JSON or nested too deeply: ``io.read_jsonl_file``), so such a run counts for nothing."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError):
+        rows = read_jsonl_file(path)
+    except (FileNotFoundError, UnreadableFile):
         return []
-    rows = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line another process is writing
-        if isinstance(row, dict) and row.get("epoch") == epoch:
-            rows.append(row)
-    return rows
+    return [row for row in rows if isinstance(row, dict) and row.get("epoch") == epoch]
 
 
 def decide(run: Path, task_name: str, epoch: int, value: float, epochs: int) -> str | None:

@@ -9,26 +9,30 @@ trial on any node that sees the output root sees them).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from pathlib import Path
 
+from ..errors import UnreadableFile
+from ..io import read_json_file, read_regular_file
+
 MARKER = "sweep.json"
 STOP = "stop"
+LIMIT = 4096  # both files are a few dozen bytes ("2\n"; the marker's three keys); read no more than this
 
 
 def stop_requested(folder: str | os.PathLike) -> int | None:
-    """The signal number that interrupted the sweep whose folder this is, or None."""
+    """The signal number that interrupted the sweep whose folder this is, or None (also where the file is not a
+    regular file of at most ``LIMIT`` bytes: read without following a symlink or waiting on a FIFO)."""
     try:
-        return int((Path(folder) / STOP).read_text().strip() or signal.SIGINT)
-    except (OSError, ValueError):
+        return int(read_regular_file(Path(folder) / STOP, LIMIT).decode("ascii").strip() or signal.SIGINT)
+    except (OSError, UnreadableFile, ValueError):  # UnicodeDecodeError is a ValueError
         return None
 
 
 def read_marker(folder: str | os.PathLike) -> dict | None:
     try:
-        value = json.loads((Path(folder) / MARKER).read_text())
-    except (OSError, ValueError):
+        value = read_json_file(Path(folder) / MARKER, LIMIT)
+    except (OSError, UnreadableFile):
         return None
     return value if isinstance(value, dict) else None

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from ..io import SOURCE_COMMIT_ENV, source_commit, write_json
+from ..io import SOURCE_COMMIT_ENV, environment_failure, source_commit, write_json, write_text
 from ..runstate import COMPLETE, DIVERGED, INTERRUPTED, STOPPED, read_state
 from . import raycompat
 from .control import MARKER, STOP
@@ -174,9 +174,9 @@ def sweep_dir(out: Path) -> Path:
 
 
 def write_marker(folder: Path) -> None:
+    """The marker trials look for (``write_json`` makes the folder: a full disk there is one line, exit 74)."""
     import ray
 
-    folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / MARKER, {"sweep": folder.name, "driver_node": ray.get_runtime_context().get_node_id(),
                                  "driver_pid": os.getpid()})
 
@@ -203,7 +203,7 @@ class Interrupts:
         if self.signum is not None:
             raise KeyboardInterrupt  # the second signal: stop now, runs keep their last checkpoints
         self.signum = signum
-        (self.folder / STOP).write_text(f"{int(signum)}\n")
+        write_text(self.folder / STOP, f"{int(signum)}\n")  # a full disk: EnvironmentFailure, exit 74
         print(f"sweep: {signal.Signals(signum).name}: stopping the running trials at their next step (their "
               "checkpoints are kept; run the same command again to continue); again to stop at once",
               file=sys.stderr, flush=True)
@@ -227,9 +227,12 @@ def run_sweep(to_run: list[Planned], trainable, res: Resources, out: Path, callb
 
     result = SweepResult()
     reaper = None
-    start = Path(tempfile.mkdtemp(prefix="bitfit-sweep-"))  # the workers' (empty) working_dir; they chdir to ours
-    (start / "README").write_text("where a bitfit sweep's Ray workers start; each trial works in the sweep's folder\n")
     try:
+        start = Path(tempfile.mkdtemp(prefix="bitfit-sweep-"))  # the workers' (empty) working_dir; they chdir to ours
+    except OSError as e:
+        raise environment_failure(Path(tempfile.gettempdir()), e) from None
+    try:
+        write_text(start / "README", "where a bitfit sweep's Ray workers start; each trial works in the sweep's folder\n")
         connect(res, start)
         result.gpus = place(res)
         folder = sweep_dir(out)

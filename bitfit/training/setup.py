@@ -156,7 +156,10 @@ def open_run_folder(su: Setup) -> None:
     su.accelerator.wait_for_everyone()
     if not su.accelerator.is_main_process:
         return
-    su.out.mkdir(parents=True, exist_ok=True)
+    try:
+        su.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise io.environment_failure(su.out, e) from None  # a full disk or read-only file system: exit 74
     for stale in io.remove_stale_temp_files(su.out):  # a crash mid-write; we hold the lock, so no writer is alive
         log.info("removed a temporary file a stopped run left behind: %s", stale)
     if not su.cfg.resume:
