@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from . import hub
 from .errors import UserError
 from .tasks import GlueTask
 
@@ -65,9 +66,7 @@ def _cache_then_hub(loader, source: str, name: str, **kw):
     except OSError:
         if Path(source).is_dir():
             raise
-    from .data import hub_offline, hub_reachable  # (data imports torch: not at import, so preflight stays torch-free)
-
-    if hub_offline() or not hub_reachable():
+    if hub.offline() or not hub.reachable():
         raise UserError(f"model {name!r} is not a local folder, not in the Hugging Face cache, and the hub cannot be "
                         "reached; use 'minilm' (bundled) or a local model folder")
     try:

@@ -277,12 +277,6 @@ def task_keys(ds: list[deltas.Delta]) -> list[str]:
 # Input files: TSV with a header, or JSON lines
 
 
-def _name_sets(task: GlueTask) -> list[tuple[str, ...]]:
-    """Column names that can hold a task's texts: its GLUE field names, or the generic ones."""
-    generic = ("sentence",) if len(task.hub_text_fields) == 1 else ("sentence1", "sentence2")
-    return [task.hub_text_fields] + ([generic] if generic != task.hub_text_fields else [])
-
-
 def read_source(source: str) -> tuple[str, str]:
     """(display name, text) of a file, or of standard input for ``-``."""
     if source == "-":
@@ -311,12 +305,12 @@ def _parse_tsv(name: str, text: str, task: GlueTask) -> list[Example]:
     if not rows:
         return []
     header = [h.strip() for h in rows[0]]
-    cols = next((tuple(header.index(c) for c in names) for names in _name_sets(task) if all(c in header for c in names)),
+    cols = next((tuple(header.index(c) for c in names) for names in task.text_names if all(c in header for c in names)),
                 None)
     if cols is None:
         if len(header) <= max(task.test_text_columns):
             raise UserError(f"{name}: no text columns for {task.glue_name} in header {header}; accepted: a header "
-                            f"naming {' or '.join('+'.join(n) for n in _name_sets(task))}, or GLUE's {task.glue_name} test-file layout")
+                            f"naming {' or '.join('+'.join(n) for n in task.text_names)}, or GLUE's {task.glue_name} test-file layout")
         cols = task.test_text_columns
         log.info("%s: %s texts from columns %s (GLUE's test-file layout)", name, task.glue_name, list(cols))
     index = next((header.index(c) for c in INDEX_COLUMNS if c in header), None)
@@ -346,15 +340,26 @@ def _parse_jsonl(name: str, text: str, task: GlueTask) -> list[Example]:
         if not isinstance(obj, dict):
             raise UserError(f"{name}:{lineno}: not a JSON object; accepted: one object per line")
         if keys is None:
-            keys = next((k for k in _name_sets(task) if all(c in obj for c in k)), None)
+            keys = next((k for k in task.text_names if all(c in obj for c in k)), None)
             if keys is None:
                 raise UserError(f"{name}:{lineno}: no text fields for {task.glue_name} in {sorted(obj)}; accepted: "
-                                f"{' or '.join('+'.join(n) for n in _name_sets(task))}")
+                                f"{' or '.join('+'.join(n) for n in task.text_names)}")
         if not all(isinstance(obj.get(k), str) for k in keys):
             raise UserError(f"{name}:{lineno}: fields {', '.join(keys)} must all be strings")
+        if not all(obj[k].isascii() or _encodable(obj[k]) for k in keys):  # JSON's \ud800 escapes decode to lone halves
+            raise UserError(f"{name}:{lineno}: a text holds a lone UTF-16 surrogate (an escape like \\ud800 without its "
+                            "pair); accepted: valid Unicode text")
         index = next((obj[c] for c in INDEX_COLUMNS if c in obj), len(examples))
         examples.append(Example(tuple(obj[k] for k in keys), None, str(index)))
     return examples
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def format_rows(task: GlueTask, examples: list[Example], preds: list[Prediction], fmt: str, probs: bool,

@@ -62,6 +62,13 @@ class GlueTask:
     def main_dev_split(self) -> str:
         return self.dev_splits[0].name
 
+    @property
+    def text_names(self) -> tuple[tuple[str, ...], ...]:
+        """Names a header may give this task's text columns, in order: its nyu-mll/glue field names, then the
+        generic ones (GLUE's MNLI files say sentence1, sentence2 where the hub says premise, hypothesis)."""
+        generic = ("sentence",) if len(self.hub_text_fields) == 1 else ("sentence1", "sentence2")
+        return (self.hub_text_fields,) + ((generic,) if generic != self.hub_text_fields else ())
+
 
 _DEV = (Split("dev", "dev.tsv", "validation"),)
 

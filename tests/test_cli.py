@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import run_glue
-from bitfit import data as bitfit_data
+from bitfit import hub
 from conftest import GLUE_DIR, REPO, WORDS, needs_glue
 
 EXPECTED = {"config.json", "metrics.jsonl", "results.json", "delta.safetensors", "learning_curves.png"}
@@ -198,8 +198,8 @@ def test_unreachable_hub_model_and_data_fail_fast(tmp_path, glue_dir, monkeypatc
     import datasets
     import huggingface_hub
 
-    checks = []  # bitfit.models asks bitfit.data's (imported when a hub model is looked up)
-    monkeypatch.setattr(bitfit_data, "hub_reachable", lambda timeout=3.0: checks.append(timeout) or False)
+    checks = []  # models and data both ask bitfit.hub
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: checks.append(timeout) or False)
 
     def no_download(*a, **k):
         raise AssertionError("a download was tried although the hub is unreachable")

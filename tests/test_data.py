@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from bitfit import data
+from bitfit import data, hub
 from bitfit.data import encode, load_glue, read_tsv
 from bitfit.errors import UserError
 from bitfit.tasks import get_task
@@ -93,7 +93,7 @@ def test_empty_training_set_and_missing_files(tmp_path):
 
 
 def test_hub_unreachable_fails_fast_with_advice(monkeypatch):
-    monkeypatch.setattr(data, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     with pytest.raises(UserError, match=r"cannot reach the Hugging Face hub to download GLUE RTE; pass --data-dir"):
@@ -117,9 +117,9 @@ def test_hub_reachability_is_a_quick_tcp_check(monkeypatch):
     held = []
     try:
         monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
-        assert data.hub_reachable(timeout=2.0) is True
+        assert hub.reachable(timeout=2.0) is True
         monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed_port}")
-        assert data.hub_reachable(timeout=2.0) is False
+        assert hub.reachable(timeout=2.0) is False
 
         for _ in range(8):  # fill the listen backlog: further connects get no answer at all
             try:
@@ -140,7 +140,7 @@ def test_hub_reachability_is_a_quick_tcp_check(monkeypatch):
                 raise
 
         monkeypatch.setattr(socket, "create_connection", spy)
-        assert data.hub_reachable(timeout=0.5) is False
+        assert hub.reachable(timeout=0.5) is False
         # it gives up at its own timeout (the socket timed out) instead of the OS's minute of connect retries
         assert connects == [0.5, TimeoutError]
     finally:
@@ -177,7 +177,7 @@ def test_hub_path_maps_hub_label_order_to_glue_order(monkeypatch):
             rows["label"] = [-1, -1, -1]
         return datasets.Dataset.from_dict(rows, features=features)
 
-    monkeypatch.setattr(data, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(hub, "reachable", lambda timeout=3.0: True)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     task = get_task("mnli")
     splits = load_glue(task, None, with_test=True)

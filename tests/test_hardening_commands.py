@@ -217,3 +217,10 @@ def test_bad_paths_fail_before_torch_is_imported_and_before_any_folder_is_made(c
     assert proc.returncode == 2 and proc.stdout.strip() == "False", (proc.stdout, proc.stderr)
     assert words.format(tmp=tmp_path) in one_line(proc.stderr)
     assert sorted(tmp_path.rglob("*")) == before  # not even the parents of -o
+
+
+def test_a_json_lines_input_with_a_lone_surrogate_names_its_line(capsys, tmp_path, good_delta):
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"sentence1": "fine", "sentence2": "ok"}\n{"sentence1": "bad \\ud800 half", "sentence2": "ok"}\n')
+    rc, out, err = command(capsys, "predict", "--delta", good_delta, "--input", f, "--no-verbose")
+    assert rc == 2 and out == "" and f"{f}:2: a text holds a lone UTF-16 surrogate" in one_line(err)

@@ -11,7 +11,7 @@ import torch
 
 from .. import checkpoint, delta, io, policies, preflight
 from ..config import RunConfig
-from ..data import Encoded, EpochBatches, collator, encode, load_glue
+from ..data import Encoded, EpochBatches, collator, encode, load_glue, warn_single_class
 from ..devices import hardware, make_accelerator, world_size
 from ..metrics import baseline
 from ..models import check_max_length, load_model, load_tokenizer, resolve_model
@@ -57,6 +57,8 @@ def load_splits(cfg: RunConfig, task: GlueTask) -> dict:
     for s in task.test_splits:
         if s.name in splits:
             splits[s.name] = _first(splits[s.name], cfg.max_predict_samples)
+    for name, examples in splits.items():  # what the run uses, after the cuts
+        warn_single_class(task, name, examples)
     return splits
 
 
