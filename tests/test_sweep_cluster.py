@@ -64,7 +64,9 @@ def test_eight_runs_at_half_a_gpu_share_four_declared_gpus_two_per_gpu(four_decl
         assert json.loads((f / "config.json").read_text())["cuda_visible_devices"] == ids[0]
     used = {ids[0] for _, _, ids in runs}
     assert used <= {"0", "1", "2", "3"} and len(used) == 4
-    assert max(_most_at_once(runs, g) for g in used) == 2  # packed two per GPU, never more
+    # packed two per GPU, never more (on failure: each run's start and end, seconds mod 1000, and its GPU)
+    shown = sorted((round(a % 1000, 1), round(b % 1000, 1), ids) for a, b, ids in runs)
+    assert max(_most_at_once(runs, g) for g in used) == 2, shown
 
 
 def test_d_and_contradicting_cpu_flags_are_refused_in_a_sweep(tiny_bert_dir, tmp_path, capsys):
