@@ -338,13 +338,8 @@ def delta_path(path: str | os.PathLike) -> Path:
     except OSError:  # nothing there, a link to nothing, a symlink loop
         raise UserError(f"delta {str(path)!r} not found; {accepted}") from None
     if not stat.S_ISREG(mode):
-        kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-        raise UserError(f"delta {str(p)!r} is {kind}, not a regular file; {accepted}")
+        raise UserError(f"delta {str(p)!r} is {io.file_kind(mode)}, not a regular file; {accepted}")
     return p
-
-
-_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
 def read(path: str | os.PathLike, allow_unverified: bool = False) -> Delta:

@@ -138,8 +138,14 @@ def _os_error_in(e: Exception) -> OSError | None:
 
 JSON_LIMIT = 64 << 20  # config.json, results.json, checkpoint/state.json: a few KB to a few MB in practice
 JSONL_LIMIT = 256 << 20  # metrics.jsonl: one ~300-byte row per epoch and split; 10,000 epochs of 3 splits is ~10 MB
-_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_KINDS = ((stat.S_ISLNK, "a symlink"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular one is, for a one-line refusal ("a FIFO", "a symlink": ``mode`` from
+    ``lstat``), from its ``st_mode``."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
 
 
 def read_regular_file(path: str | os.PathLike, limit: int) -> bytes:
@@ -156,8 +162,7 @@ def read_regular_file(path: str | os.PathLike, limit: int) -> bytes:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
-            raise UnreadableFile(path, f"{kind}, not a regular file")
+            raise UnreadableFile(path, f"{file_kind(st.st_mode)}, not a regular file")
         data = _read_at_most(fd, limit + 1) if st.st_size <= limit else b""
         if st.st_size > limit or len(data) > limit:  # the size, or what it grew to while being read
             raise UnreadableFile(path, f"larger than {limit:,} bytes")

@@ -124,11 +124,10 @@ def positions(model, tokenizer) -> int:
     return min(limit, stated) if isinstance(stated, int) and stated < 1 << 30 else limit
 
 
-def check_max_length(max_seq_length: int, model, tokenizer, model_name: str, label: str = "max seq length",
-                     where: str = "") -> None:
+def check_max_length(max_seq_length: int, model, tokenizer, model_name: str, label: str = "max seq length") -> None:
     """Refuse a maximum sequence length above what the model takes (training, and prediction from a delta or a
-    flag: one check); ``label`` names the value as the user gave it, ``where`` prefixes the error."""
+    flag: one check); ``label`` names the value as the user gave it."""
     limit = positions(model, tokenizer)
     if max_seq_length > limit:
-        raise UserError(f"{where + ': ' if where else ''}{label} {max_seq_length} is above what model {model_name!r} "
-                        f"takes ({limit} tokens); accepted: 8 to {limit}")
+        raise UserError(f"{label} {max_seq_length} is above what model {model_name!r} takes ({limit} tokens); "
+                        f"accepted: 8 to {limit}")

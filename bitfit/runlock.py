@@ -25,7 +25,7 @@ import stat
 from pathlib import Path
 
 from .errors import RunBusy, UserError
-from .io import environment_failure
+from .io import environment_failure, file_kind
 
 LOCK_FILE = ".bitfit.lock"
 _NO_FOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # never through a symlink, never waiting on a FIFO
@@ -60,10 +60,8 @@ def _open_regular(path: Path, flags: int) -> int:
 
 
 def _not_a_lock(path: Path, mode: int) -> UserError:
-    kind = ("a symlink" if stat.S_ISLNK(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a folder" if stat.S_ISDIR(mode)
-            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket")
-    return UserError(f"run folder lock {str(path)!r} is {kind}, not a regular file; accepted: a regular file or "
-                     "nothing there (remove it)")
+    return UserError(f"run folder lock {str(path)!r} is {file_kind(mode)}, not a regular file; accepted: a regular "
+                     "file or nothing there (remove it)")
 
 
 class RunLock:

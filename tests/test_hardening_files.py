@@ -97,7 +97,7 @@ LOCK_NAMES = {  # how a lock name is made into something that is not a regular f
     "dangling symlink": (lambda lock, victim: lock.symlink_to(victim.parent / "not-there"), "a symlink"),
     "symlink to /dev/null": (lambda lock, victim: lock.symlink_to("/dev/null"), "a symlink"),
     "FIFO": (lambda lock, victim: os.mkfifo(lock), "a FIFO"),
-    "character device": (lambda lock, victim: _char_device(lock), "a device"),
+    "character device": (lambda lock, victim: _char_device(lock), "a character device"),
     "folder": (lambda lock, victim: lock.mkdir(), "a folder"),
 }
 

@@ -181,6 +181,7 @@ def _check_placement(args, settings: dict) -> None:
 def _check_inputs(trials) -> None:
     """Before Ray starts: the data folder has each task's training file, a local model exists."""
     from ..models import resolve_model
+    from ..preflight import split_path
     from ..tasks import get_task
 
     settings = trials[0].settings
@@ -192,7 +193,7 @@ def _check_inputs(trials) -> None:
         raise UserError(f"data dir {data!r} is not a folder; accepted: a folder in the GLUE TSV layout "
                         "(e.g. glue_data/RTE/train.tsv)")
     tasks = [get_task(name) for name in dict.fromkeys(t.settings["task_name"] for t in trials)]
-    missing = [t for t in tasks if not (Path(data) / t.glue_name / "train.tsv").is_file()]
+    missing = [t for t in tasks if not split_path(Path(data), t, None).is_file()]
     if missing:
         names = ", ".join(t.glue_name for t in missing)
         here = [t.name for t in tasks if t not in missing]
