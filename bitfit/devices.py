@@ -205,11 +205,13 @@ def hardware(device: torch.device, num_processes: int) -> dict:
 
 def ray_placement() -> dict | None:
     """Where Ray placed this process (a sweep's trial): its node, the GPU ids Ray gave it (what it set
-    CUDA_VISIBLE_DEVICES to), its niceness and the time of this call (config.json is written as training starts); None
+    CUDA_VISIBLE_DEVICES to), the share of each resource Ray reserved for it (``{"CPU": 1.0, "GPU": 0.5}``: two such
+    trials fit one GPU), its niceness and the time of this call (config.json is written as training starts); None
     outside a Ray worker."""
     ray = sys.modules.get("ray")
     if ray is None or not ray.is_initialized():
         return None
     ctx = ray.get_runtime_context()
     return {"node_id": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "resources": {k: float(v) for k, v in sorted(ctx.get_assigned_resources().items())},
             "niceness": os.getpriority(os.PRIO_PROCESS, 0), "time": time.time()}

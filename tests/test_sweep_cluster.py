@@ -49,8 +49,7 @@ def four_declared_gpus(monkeypatch):
     monkeypatch.setattr(driver, "LOCAL_INIT", {"num_gpus": 4, "num_cpus": 8})
 
 
-def test_eight_runs_at_half_a_gpu_share_four_declared_gpus_two_per_gpu(four_declared_gpus, tiny_bert_dir, tmp_path,
-                                                                       capsys):
+def test_eight_runs_at_half_a_gpu_are_packed_by_ray_two_per_gpu(four_declared_gpus, tiny_bert_dir, tmp_path, capsys):
     glue = make_glue_dir(tmp_path / "glue", n_train=16, n_dev=8)
     out = tmp_path / "out"
     rc = sweep("--tasks", "rte", "--methods", "bitfit", "--learning-rates", "1e-4", "1e-3", "1e-2", "1e-1", "--seeds",
@@ -60,13 +59,18 @@ def test_eight_runs_at_half_a_gpu_share_four_declared_gpus_two_per_gpu(four_decl
     folders = sorted((out / tiny_bert_dir.name / "full" / "rte" / "bitfit").iterdir())
     runs = _intervals(folders)
     assert len(runs) == 8 and all(len(ids) == 1 for _, _, ids in runs)  # each run: exactly one GPU of Ray's
-    for f, (_, _, ids) in zip(folders, runs):  # the run saw only its GPU (what torch would use as cuda:0)
-        assert json.loads((f / "config.json").read_text())["cuda_visible_devices"] == ids[0]
+    for f, (_, _, ids) in zip(folders, runs):
+        saved = json.loads((f / "config.json").read_text())
+        assert saved["cuda_visible_devices"] == ids[0]  # the run saw only its GPU (what torch would use as cuda:0)
+        # Ray reserved half a GPU for it: Ray's own accounting, which lets two runs hold one GPU at once
+        assert saved["ray"]["resources"] == {"CPU": 1.0, "GPU": 0.5}
     used = {ids[0] for _, _, ids in runs}
-    assert used <= {"0", "1", "2", "3"} and len(used) == 4
-    # packed two per GPU, never more (on failure: each run's start and end, seconds mod 1000, and its GPU)
+    assert used <= {"0", "1", "2", "3"} and len(used) >= 2
+    # never more than two on a GPU at once (on failure: each run's start and end, seconds mod 1000, and its GPU).
+    # Whether two actually overlapped is timing (on 2 loaded cores Ray's workers start seconds apart and a run
+    # trains in about one), so it is not asserted: the reserved share above is what packs them.
     shown = sorted((round(a % 1000, 1), round(b % 1000, 1), ids) for a, b, ids in runs)
-    assert max(_most_at_once(runs, g) for g in used) == 2, shown
+    assert max(_most_at_once(runs, g) for g in used) <= 2, shown
 
 
 def test_d_and_contradicting_cpu_flags_are_refused_in_a_sweep(tiny_bert_dir, tmp_path, capsys):
