@@ -321,9 +321,9 @@ def _normalised(settings: dict, cwd: str) -> dict:
     """Paths as real absolute paths (relative ones taken from ``cwd``), so ``runs/x``, ``./runs/x/`` and
     ``/abs/runs/x`` compare equal; the output path is left out (it is the folder being resumed)."""
     out = {k: v for k, v in settings.items() if k != "output_path"}
-    for key in ("data_dir", "model_name"):
+    for key in ("data_dir", "model_name", "train_file", "validation_file", "test_file"):
         value = out.get(key)
-        if isinstance(value, str) and (key == "data_dir" or os.path.exists(os.path.join(cwd, value))):
+        if isinstance(value, str) and (key != "model_name" or os.path.exists(os.path.join(cwd, value))):
             out[key] = os.path.realpath(os.path.join(cwd, os.path.expanduser(value)))
     return out
 
@@ -391,3 +391,16 @@ def rerun_command(cfg, resume: bool) -> str:
                 f"output_path={cfg.output_path!r}")
     args = [a for a in args if a != other]
     return shlex.join([*head, *args] + ([] if flag in args else [flag]))
+
+
+def check_same_task(task, out: Path) -> None:
+    """--resume of a task given as files: the files still define the task the run started with (its classes, text
+    columns and metrics, config.json's ``task_definition``); a head trained for other classes cannot go on."""
+    from .tasks import task_definition
+
+    saved = (read_state(out).saved or {}).get("task_definition")
+    mine = task_definition(task)
+    if saved != mine:
+        raise UserError(f"--resume: the data files now define task {task.name!r} as {mine}, but the run in "
+                        f"{str(out)!r} started with {saved}; resume with the files it was trained on, or start again "
+                        "with --overwrite")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from .errors import UserError
 from .methods import BIAS_ROLES, DEFAULT_MASK_SPARSITY, METHOD_OPTIONS, METHODS, check_bias_terms, get_method
-from .tasks import get_task
+from .tasks import check_user_task_name, get_task
 from .trackers import REPORT_TO, missing_package
 
 OPTIMIZERS = ("adamw", "adam")
@@ -65,7 +65,8 @@ class RunConfig:
     """Settings of one fine-tuning run (``python run_glue.py -h`` shows the same text)."""
 
     output_path: str = setting(None, "run folder to write (refused if it exists and is not empty, unless --overwrite)", "-o")
-    task_name: str = setting(None, "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (or GLUE's spelling)", "-t")
+    task_name: str = setting(None, "GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (or GLUE's spelling); "
+                             "with --train-file, a name of your own for your task", "-t")
     model_name: str = setting(DEFAULT_MODEL, "Hugging Face encoder id or local folder; 'minilm' is the bundled offline "
                               "all-MiniLM-L6-v2", "-m")
     fine_tune_type: str = setting("bitfit", "which parameters train (the head always does): " + "; ".join(
@@ -131,6 +132,27 @@ class RunConfig:
     max_predict_samples: int | None = setting(None, "predict only the first N test examples (for quick checks; not a "
                                               "valid submission)", check=ints(1))
     data_dir: str | None = setting(None, "folder in the original GLUE TSV layout (default: $GLUE_DIR, else the datasets hub)")
+    train_file: str | None = setting(None, "your own task: its training file, .csv, .tsv or .jsonl/.json (JSON Lines), "
+                                     "with a header naming the columns; -t then names your task", metavar="FILE")
+    validation_file: str | None = setting(None, "your own task: its dev file (same columns), evaluated every epoch",
+                                          metavar="FILE")
+    test_file: str | None = setting(None, "your own task: a file to predict (labels not needed), with --predict-test: "
+                                    "writes test_predictions.tsv (its id column, else row numbers)", metavar="FILE")
+    text_columns: list[str] | None = setting(None, "your own task: the column holding the text, or two for a pair "
+                                             "(default: GLUE's names such as sentence1 sentence2, question sentence, "
+                                             "sentence, text; else the first one or two columns of text)",
+                                             metavar="COLUMN")
+    label_column: str | None = setting(None, "your own task: the column holding the label (default: label)",
+                                       metavar="COLUMN")
+    id_column: str | None = setting(None, "your own task: the test file's id column, written beside each prediction "
+                                    "(default: id, idx or index if there is one, else row numbers from 0)",
+                                    metavar="COLUMN")
+    task_type: str | None = setting(None, "your own task: classification or regression (default: read from the "
+                                    "labels: numbers with a fractional part are regression, anything else classes)",
+                                    choices=("classification", "regression"))
+    main_metric: str | None = setting(None, "your own task: the dev metric that picks the best epoch (default: accuracy "
+                                      "for classification, also macro_f1 or mcc; pearson for regression, also "
+                                      "spearmanr; mse is reported, never the main one)", metavar="METRIC")
     eval_train: bool = setting(False, "also evaluate on the training set after every epoch")
     predict_test: bool = setting(False, "write GLUE submission files for the test split(s) from the best epoch")
     save_evaluator: bool = setting(False, "also write evaluator.pkl (evaluation history and config; never a module)")
@@ -148,7 +170,7 @@ class RunConfig:
             raise UserError("output path is required (-o/--output-path)")
         if not self.task_name:
             raise UserError("task name is required (-t/--task-name)")
-        self.task_name = get_task(self.task_name).name
+        self._check_task()
         for f in dataclasses.fields(self):
             _check(f, getattr(self, f.name))
         if missing_package(self.report_to):
@@ -160,6 +182,32 @@ class RunConfig:
             self.bias_terms = check_bias_terms(self.bias_terms)
         self.layer_spec = None if self.layers is None else parse_layers(self.layers)
         self._check_method_options()
+
+    def _check_task(self) -> None:
+        """A GLUE task by name, or a task of the user's given as files (and the options only files take)."""
+        if self.train_file is None and self.validation_file is None and self.test_file is None:
+            self.task_name = get_task(self.task_name).name
+            for option in FILE_OPTIONS:
+                if getattr(self, option) is not None:
+                    raise UserError(f"--{option.replace('_', '-')} is read only for a task given as files "
+                                    f"(--train-file, --validation-file); GLUE's {get_task(self.task_name).glue_name} "
+                                    "has its own columns and metrics: leave it out")
+            return
+        check_user_task_name(self.task_name)
+        if self.train_file is None or self.validation_file is None:
+            raise UserError(f"a task given as files needs --train-file and --validation-file; "
+                            f"{'--train-file' if self.train_file is None else '--validation-file'} is missing")
+        if self.data_dir is not None:
+            raise UserError(f"--data-dir {self.data_dir!r} is GLUE's folder; a task given as files (--train-file) does "
+                            "not read it: leave it out")
+        if self.test_file is not None and not self.predict_test:
+            raise UserError(f"--test-file {self.test_file!r} is read only with --predict-test: add --predict-test "
+                            "(or leave the test file out)")
+        if self.predict_test and self.test_file is None:
+            raise UserError("--predict-test on a task given as files needs --test-file: the file to predict")
+        if self.text_columns is not None and not 1 <= len(self.text_columns) <= 2:
+            raise UserError(f"--text-columns {' '.join(self.text_columns)}: {len(self.text_columns)} columns; "
+                            "accepted: one column, or two (a pair)")
 
     def _check_method_options(self) -> None:
         """Refuse a method's option given to another method; fill the method's own defaults."""
@@ -186,6 +234,9 @@ class RunConfig:
         return {f.name for f in dataclasses.fields(self)} - RESUMABLE_CHANGES - others
 
 
+# Settings only a task given as files reads (besides the files themselves).
+FILE_OPTIONS = ("text_columns", "label_column", "id_column", "task_type", "main_metric")
+
 # Settings a resumed run may change; everything else must equal the original run's.
 # num_workers only changes which process collates the same batches; check_every only when a stop is noticed;
 # deterministic only which kernels compute the same arithmetic (as another GPU does). tf32 changes the arithmetic
@@ -203,7 +254,7 @@ def environment_defaults(settings: dict, env=None) -> dict:
     what was used: ``data_dir`` from ``$GLUE_DIR``, ``precision`` from accelerate launch's ``--mixed_precision``."""
     env = os.environ if env is None else env
     out = dict(settings)
-    if out.get("data_dir") is None:
+    if out.get("data_dir") is None and not any(out.get(k) for k in ("train_file", "validation_file", "test_file")):
         out["data_dir"] = default_data_dir(env)
     out["precision"] = resolve_precision(out.get("precision"), env)
     return out

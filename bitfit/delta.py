@@ -49,7 +49,7 @@ from .config import check_settings
 from .errors import UserError
 from .methods import METHODS
 from .models import load_model, load_tokenizer
-from .tasks import GlueTask, get_task
+from .tasks import GlueTask, task_definition, task_of
 
 log = logging.getLogger("bitfit")
 
@@ -265,6 +265,8 @@ def save(path: Path, model, sel, new_params: list[str], cfg, task: GlueTask, epo
         "config": json.dumps(cfg.to_dict()), "versions": json.dumps(versions()),
         "tensors_sha256": tensors_digest(tensors),
     }
+    if task.custom:  # a task of the user's: what predict, serve and merge know of it (GLUE's are known by name)
+        meta["task_definition"] = json.dumps(task_definition(task))
     meta["digest"] = delta_digest(meta)
     io.write_safetensors(Path(path), tensors, meta)
     return meta
@@ -300,7 +302,7 @@ class Delta:
 
     @property
     def task(self) -> GlueTask:
-        return get_task(self.meta["task"])
+        return meta_task(self.path, self.meta)
 
     @property
     def base_model(self) -> str:
@@ -382,6 +384,15 @@ def _json_meta(path: Path, meta: dict[str, str], key: str, kind: type):
     return value
 
 
+def meta_task(p: Path, meta: dict[str, str]) -> GlueTask:
+    """The delta's task: GLUE's by name, or the one its ``task_definition`` describes (a task given as files)."""
+    definition = _json_meta(p, meta, "task_definition", dict) if "task_definition" in meta else None
+    if definition is not None and definition.get("name") != meta["task"]:
+        raise UserError(f"{p}: metadata task {meta['task']!r} and its task_definition's name "
+                        f"{definition.get('name')!r} differ; accepted: a delta.safetensors written by a bitfit run")
+    return task_of(definition, meta["task"], where=str(p))
+
+
 def _check_metadata(p: Path, meta: dict[str, str]) -> None:
     """Format, the keys every delta has, and JSON where JSON is due; one line for what is wrong."""
     if meta.get("format") != FORMAT:
@@ -389,7 +400,7 @@ def _check_metadata(p: Path, meta: dict[str, str]) -> None:
     missing = [k for k in ("base_model", "task", "model_type", "policy") if k not in meta]
     if missing:
         raise UserError(f"{p} lacks metadata {', '.join(missing)}; accepted: a delta.safetensors written by a bitfit run")
-    get_task(meta["task"])
+    meta_task(p, meta)
     if meta["policy"] not in METHODS:
         raise UserError(f"{p}: policy {meta['policy']!r} is unknown; accepted: {', '.join(METHODS)}")
     check_settings(_json_meta(p, meta, "config", dict), where=f"{p} (its config)")  # as run_glue.py checks them

@@ -25,6 +25,8 @@ METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
     "accuracy": lambda p, y: float(accuracy_score(y, p)),
     "f1": lambda p, y: float(f1_score(y, p)),
     "mcc": lambda p, y: float(matthews_corrcoef(y, p)),
+    "macro_f1": lambda p, y: float(f1_score(y, p, average="macro", labels=np.union1d(y, p))),
+    "mse": lambda p, y: float(np.mean((np.asarray(p, dtype=np.float64) - y) ** 2)),
     "pearson": _pearson,
     "spearmanr": _spearman,
 }
@@ -44,12 +46,14 @@ def baseline(task, labels) -> dict:
     """The trivial reference of a split: what always giving one answer scores on it.
 
     Classification: the majority class of these labels (``{"answer": label name, metric: value}``;
-    accuracy and F1 of always answering it, MCC 0). Regression (STS-B): a constant prediction, which
-    has no correlation: Pearson and Spearman 0 (``"answer": "constant"``).
+    accuracy and F1 of always answering it, MCC 0). Regression: a constant prediction, which
+    has no correlation: Pearson and Spearman 0 (``"answer": "constant"``); its MSE (a task given as files) is the
+    best a constant scores, the labels' own mean's: their variance.
     """
     labels = np.asarray(labels)
     if task.is_regression:
-        return {"answer": "constant"} | {m: 0.0 for m in task.metrics}
+        return {"answer": "constant"} | {m: float(np.var(labels.astype(np.float64))) if m == "mse" else 0.0
+                                         for m in task.metrics}
     majority = int(np.bincount(labels.astype(int), minlength=task.num_labels).argmax())
     preds = np.full_like(labels, majority)
     return {"answer": task.labels[majority]} | compute_metrics(task.metrics, preds, labels)

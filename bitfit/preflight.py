@@ -94,6 +94,10 @@ def check_inputs(cfg) -> None:
             raise RunBusy.holding(cfg.output_path, pid)
         if not cfg.resume:
             check_output_folder(cfg.output_path, cfg.overwrite)
-    if cfg.data_dir is not None:
+    if cfg.train_file is not None:
+        from .userdata import check_files
+
+        check_files(cfg)
+    elif cfg.data_dir is not None:
         local_files(get_task(cfg.task_name), cfg.data_dir, cfg.predict_test)
     resolve_model(cfg.model_name)

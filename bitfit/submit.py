@@ -31,7 +31,7 @@ from .config import default_data_dir
 from .data import read_tsv
 from .errors import UserError
 from .runstate import COMPLETE, read_state
-from .tasks import TASKS, GlueTask, Split, get_task
+from .tasks import PREDICTIONS_FILE, TASKS, GlueTask, Split, get_task
 
 log = logging.getLogger("bitfit")
 
@@ -66,6 +66,10 @@ def _run_task(run: Path) -> tuple[GlueTask, dict]:
     if state.status != COMPLETE:
         raise UserError(f"run {str(run)!r} is not complete ({state.reason}); its test predictions, if any, "
                         "are not the best epoch's")
+    if (state.saved or {}).get("task_definition") is not None:
+        raise UserError(f"run {str(run)!r} trained {state.config.get('task_name')!r}, a task of your own given as files; "
+                        "a GLUE submission takes GLUE's tasks only (its test predictions are in "
+                        f"{str(run / PREDICTIONS_FILE)!r})")
     return get_task(state.results.get("task") or state.config.get("task_name") or "?"), state.config
 
 
@@ -188,7 +192,10 @@ def _tasks_of(files: list[str]) -> list[str]:
 
 
 def format_prediction(task: GlueTask, pred) -> str:
-    """A label name as GLUE takes it, or the STS-B score with three decimals clipped to [0, 5]."""
+    """A label name as GLUE takes it, or the STS-B score with three decimals clipped to [0, 5]; a task of the user's:
+    its class name, or the score as predicted (six significant digits)."""
+    if task.is_regression and task.custom:
+        return f"{float(pred):.6g}"
     if task.is_regression:
         return f"{min(5.0, max(0.0, float(pred))):.3f}"
     return task.labels[int(pred)]

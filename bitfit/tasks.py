@@ -11,6 +11,7 @@ column", which is how the RTE training row with an extra empty field still gets 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .errors import UserError
@@ -45,6 +46,7 @@ class GlueTask:
     dev_splits: tuple[Split, ...]
     test_splits: tuple[Split, ...]
     header: bool = True  # train/dev files start with a header line (CoLA's do not)
+    custom: bool = False  # a task of the user's, defined by its files (bitfit.userdata), not one of GLUE's
 
     @property
     def is_regression(self) -> bool:
@@ -116,12 +118,104 @@ _ALIASES = {_key(t.name): t.name for t in TASKS.values()} | {_key(t.glue_name): 
 
 
 def get_task(name: str) -> GlueTask:
-    """Look a task up by our name or GLUE's spelling (``sst2``, ``SST-2``, ``STS-B``, ``MNLI``...)."""
+    """Look a task up by our name or GLUE's spelling (``sst2``, ``SST-2``, ``STS-B``, ``MNLI``...), or a task of the
+    user's that this process has been told about (``define``: by a run's files, config.json or delta)."""
     canonical = _ALIASES.get(_key(name))
     if canonical is None:
+        if name in _DEFINED:
+            return _DEFINED[name]
         accepted = ", ".join(TASKS)
-        raise UserError(f"unknown task {name!r}; accepted: {accepted} (GLUE spellings such as SST-2, STS-B also work)")
+        raise UserError(f"unknown task {name!r}; accepted: {accepted} (GLUE spellings such as SST-2, STS-B also work), "
+                        "or a task of your own given as files (--train-file, --validation-file)")
     return TASKS[canonical]
+
+
+# ----------------------------------------------------------------------------- tasks of the user's
+
+# The metrics of a task given as files: the first is the main one unless --main-metric picks another. MSE is reported
+# for regression but cannot pick the best epoch (everything that ranks epochs, rates and runs takes higher as better).
+CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "mcc")
+REGRESSION_METRICS = ("pearson", "spearmanr", "mse")
+LOWER_IS_BETTER = frozenset({"mse"})
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+PREDICTIONS_FILE = "test_predictions.tsv"  # a task of the user's: the test file's predictions (index<TAB>prediction)
+
+_DEFINED: dict[str, GlueTask] = {}
+
+
+def check_user_task_name(name: str) -> str:
+    """A name for a task given as files: letters, digits, ``_.-`` (it names run folders and report rows), and not
+    one of GLUE's (whose data, metrics and submission files are GLUE's)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise UserError(f"task name {name!r} for your files is not a plain name; accepted: 1 to 64 letters, digits, "
+                        "'_', '.' or '-', starting with a letter or digit")
+    if _key(name) in _ALIASES:
+        raise UserError(f"task name {name!r} is GLUE's {TASKS[_ALIASES[_key(name)]].glue_name}; with --train-file give "
+                        f"your task a name of its own (e.g. {name}_files), or leave the files out to train on GLUE's")
+    return name
+
+
+def user_task(name: str, labels: tuple[str, ...] | None, text_fields: tuple[str, ...],
+              main_metric: str | None = None) -> GlueTask:
+    """The GlueTask of a task given as files: ``labels`` (class names in id order; None: regression), the names of
+    its text columns (one, or a pair), its metrics with ``main_metric`` first."""
+    check_user_task_name(name)
+    metrics = REGRESSION_METRICS if labels is None else CLASSIFICATION_METRICS
+    if main_metric is not None:
+        if main_metric not in metrics or main_metric in LOWER_IS_BETTER:
+            pick = [m for m in metrics if m not in LOWER_IS_BETTER]
+            why = " (lower is better: it is reported, but the best epoch is the highest main metric)" \
+                if main_metric in LOWER_IS_BETTER else ""
+            kind = "regression" if labels is None else "classification"
+            raise UserError(f"main metric {main_metric!r} cannot rank epochs of a {kind} task{why}; accepted: "
+                            f"{', '.join(pick)}")
+        metrics = (main_metric,) + tuple(m for m in metrics if m != main_metric)
+    if not 1 <= len(text_fields) <= 2:
+        raise UserError(f"task {name!r}: {len(text_fields)} text columns; accepted: one, or a pair")
+    texts = tuple(range(1, len(text_fields) + 1))  # predict's header-less TSV input: an index, then the texts
+    return GlueTask(name, name, labels, texts, -1, texts, tuple(text_fields), metrics, _DEV,
+                    (Split("test", "", "", PREDICTIONS_FILE),), custom=True)
+
+
+def task_definition(task: GlueTask) -> dict | None:
+    """What a run's config.json and its delta record of a task given as files, so that every later command (predict,
+    serve, merge, report, resume, sweep) knows it without the files; None for a GLUE task (its name says it all)."""
+    if not task.custom:
+        return None
+    return {"name": task.name, "labels": list(task.labels) if task.labels is not None else None,
+            "text_fields": list(task.hub_text_fields), "metrics": list(task.metrics)}
+
+
+def define(definition: dict, where: str = "", replace: bool = False) -> GlueTask:
+    """The task a ``task_definition`` describes, made known to ``get_task`` in this process; one line if it is not
+    a definition, or if the name is already known with other labels, texts or metrics (unless ``replace``: a run's
+    own files redefine its name)."""
+    prefix = f"{where}: " if where else ""
+    try:
+        name, labels, fields, metrics = (definition[k] for k in ("name", "labels", "text_fields", "metrics"))
+        ok = (labels is None or (isinstance(labels, list) and len(labels) >= 2
+                                 and all(isinstance(x, str) for x in labels) and len(set(labels)) == len(labels))) \
+            and isinstance(fields, list) and all(isinstance(x, str) for x in fields) and isinstance(metrics, list)
+    except (KeyError, TypeError):
+        ok = False
+    if not isinstance(definition, dict) or not ok:
+        raise UserError(f"{prefix}the task definition {definition!r} is not one; accepted: name, labels (two or more "
+                        "class names, or null for regression), text_fields and metrics, as run_glue.py writes them")
+    task = user_task(name, tuple(labels) if labels is not None else None, tuple(fields), metrics[0] if metrics else None)
+    if list(task.metrics) != metrics:
+        raise UserError(f"{prefix}task {name!r}: metrics {metrics} are not a task's of this kind; accepted: "
+                        f"{list(task.metrics)} in any order with a main metric first")
+    known = _DEFINED.get(name)
+    if known is not None and known != task and not replace:
+        raise UserError(f"{prefix}task {name!r} is defined twice, differently: {task_definition(known)} and "
+                        f"{task_definition(task)}; give the two tasks different names (-t)")
+    _DEFINED[name] = task
+    return task
+
+
+def task_of(definition: dict | None, name: str, where: str = "") -> GlueTask:
+    """The task a run or delta records: its definition if it has one (a task of the user's), else GLUE's ``name``."""
+    return define(definition, where) if definition is not None else get_task(name)
 
 
 def dev_main(task: GlueTask, rows: list[dict]) -> float:

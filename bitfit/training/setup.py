@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint, delta, io, policies, preflight
+from .. import checkpoint, delta, io, policies, preflight, userdata
 from ..config import RunConfig
 from ..data import Encoded, EpochBatches, collator, encode, load_glue, warn_single_class
 from ..devices import hardware, make_accelerator, world_size
@@ -17,7 +17,7 @@ from ..metrics import baseline
 from ..models import check_max_length, load_model, load_tokenizer, resolve_model
 from ..preflight import check_inputs, is_main_process
 from ..runlock import RunLock
-from ..tasks import GlueTask, get_task
+from ..tasks import GlueTask, define, get_task, task_definition
 
 log = logging.getLogger("bitfit")
 
@@ -48,9 +48,15 @@ def _first(examples, limit):
     return examples if limit is None else examples[:limit]
 
 
-def load_splits(cfg: RunConfig, task: GlueTask) -> dict:
-    """Every split the run uses, cut to the --max-*-samples limits."""
-    splits = load_glue(task, cfg.data_dir, with_test=cfg.predict_test)
+def load_splits(cfg: RunConfig) -> tuple[GlueTask, dict]:
+    """The run's task and every split it uses, cut to the --max-*-samples limits: GLUE's, or a task of the user's
+    given as files (``bitfit.userdata``: the task is defined by them, and made known to ``get_task``)."""
+    if cfg.train_file is not None:
+        task, splits = userdata.load_files(cfg)
+        define(task_definition(task), replace=True)  # this run's files are the authority on its name
+    else:
+        task = get_task(cfg.task_name)
+        splits = load_glue(task, cfg.data_dir, with_test=cfg.predict_test)
     splits["train"] = _first(splits["train"], cfg.max_train_samples)
     for s in task.dev_splits:
         splits[s.name] = _first(splits[s.name], cfg.max_eval_samples)
@@ -59,7 +65,7 @@ def load_splits(cfg: RunConfig, task: GlueTask) -> dict:
             splits[s.name] = _first(splits[s.name], cfg.max_predict_samples)
     for name, examples in splits.items():  # what the run uses, after the cuts
         warn_single_class(task, name, examples)
-    return splits
+    return task, splits
 
 
 def prepare(cfg: RunConfig) -> Setup:
@@ -78,17 +84,18 @@ def prepare(cfg: RunConfig) -> Setup:
 
 
 def _prepare(cfg: RunConfig, lock: RunLock | None) -> Setup:
-    task = get_task(cfg.task_name)
     out = Path(cfg.output_path)
     if cfg.resume:
         checkpoint.check_resumable(cfg, out)
     else:
         preflight.check_output_folder(cfg.output_path, cfg.overwrite)
     # from the hub, under a launch of several processes: the main process downloads, then the others read its cache
-    hub = cfg.data_dir is None and world_size() > 1
+    hub = cfg.data_dir is None and cfg.train_file is None and world_size() > 1
     accelerator = make_accelerator(cfg) if hub else None
     with accelerator.main_process_first() if hub else nullcontext():
-        splits = load_splits(cfg, task)
+        task, splits = load_splits(cfg)
+    if cfg.resume:
+        checkpoint.check_same_task(task, out)
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
@@ -170,6 +177,7 @@ def open_run_folder(su: Setup) -> None:
         checkpoint.remove(su.out)
     io.write_json(su.out / "config.json", {
         "config": su.cfg.to_dict(), "model_path": resolve_model(su.cfg.model_name), "task": su.task.glue_name,
+        "task_definition": task_definition(su.task),
         "policy_notes": su.selection.notes, "device": str(su.accelerator.device),
         "num_processes": su.accelerator.num_processes, "precision": su.cfg.precision,
         **hardware(su.accelerator.device, su.accelerator.num_processes), "environment": io.environment()})
