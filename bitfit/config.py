@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 from .errors import UserError
 from .methods import BIAS_ROLES, DEFAULT_MASK_SPARSITY, METHOD_OPTIONS, METHODS, check_bias_terms, get_method
-from .tasks import check_user_task_name, get_task
+from .tasks import (CLASSIFICATION_METRICS, LOWER_IS_BETTER, REGRESSION_METRICS, check_user_task_name,
+                    get_task)
 from .trackers import REPORT_TO, missing_package
 
 OPTIMIZERS = ("adamw", "adam")
@@ -205,6 +206,12 @@ class RunConfig:
                             "(or leave the test file out)")
         if self.predict_test and self.test_file is None:
             raise UserError("--predict-test on a task given as files needs --test-file: the file to predict")
+        if self.main_metric is not None and self.main_metric not in MAIN_METRICS:
+            kind = ("cannot pick the best epoch (lower is better; it is reported beside the others)"
+                    if self.main_metric in LOWER_IS_BETTER else "is unknown")
+            raise UserError(f"main metric {self.main_metric!r} {kind}; accepted: {', '.join(CLASSIFICATION_METRICS)} "
+                            f"(classification), {', '.join(m for m in REGRESSION_METRICS if m not in LOWER_IS_BETTER)} "
+                            "(regression)")
         if self.text_columns is not None and not 1 <= len(self.text_columns) <= 2:
             raise UserError(f"--text-columns {' '.join(self.text_columns)}: {len(self.text_columns)} columns; "
                             "accepted: one column, or two (a pair)")
@@ -233,6 +240,9 @@ class RunConfig:
         others = {opt for opt, owner in METHOD_OPTIONS.items() if owner != self.fine_tune_type}
         return {f.name for f in dataclasses.fields(self)} - RESUMABLE_CHANGES - others
 
+
+# What --main-metric accepts (mse is reported, but cannot pick the best epoch: lower is better)
+MAIN_METRICS = tuple(m for m in CLASSIFICATION_METRICS + REGRESSION_METRICS if m not in LOWER_IS_BETTER)
 
 # Settings only a task given as files reads (besides the files themselves).
 FILE_OPTIONS = ("text_columns", "label_column", "id_column", "task_type", "main_metric")

@@ -162,13 +162,13 @@ def user_task(name: str, labels: tuple[str, ...] | None, text_fields: tuple[str,
     check_user_task_name(name)
     metrics = REGRESSION_METRICS if labels is None else CLASSIFICATION_METRICS
     if main_metric is not None:
-        if main_metric not in metrics or main_metric in LOWER_IS_BETTER:
-            pick = [m for m in metrics if m not in LOWER_IS_BETTER]
-            why = " (lower is better: it is reported, but the best epoch is the highest main metric)" \
-                if main_metric in LOWER_IS_BETTER else ""
-            kind = "regression" if labels is None else "classification"
-            raise UserError(f"main metric {main_metric!r} cannot rank epochs of a {kind} task{why}; accepted: "
-                            f"{', '.join(pick)}")
+        kind = "regression" if labels is None else "classification"
+        pick = ", ".join(m for m in metrics if m not in LOWER_IS_BETTER)
+        if main_metric in LOWER_IS_BETTER:
+            raise UserError(f"main metric {main_metric!r} cannot pick the best epoch (lower is better; it is reported "
+                            f"beside the others); accepted for a {kind} task: {pick}")
+        if main_metric not in metrics:
+            raise UserError(f"main metric {main_metric!r} is not a metric of a {kind} task; accepted: {pick}")
         metrics = (main_metric,) + tuple(m for m in metrics if m != main_metric)
     if not 1 <= len(text_fields) <= 2:
         raise UserError(f"task {name!r}: {len(text_fields)} text columns; accepted: one, or a pair")
