@@ -57,6 +57,7 @@ def test_every_readme_command_runs_in_order_and_chains(tmp_path):
     clone = tmp_path / "clone"
     clone.mkdir()
     (clone / "run_glue.py").symlink_to(REPO / "run_glue.py")
+    (clone / "examples").symlink_to(REPO / "examples")  # the task-of-your-own example's files
     env = os.environ | {"PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     env.pop("GLUE_DIR", None)
     ran, skipped = [], []
@@ -77,6 +78,10 @@ def test_every_readme_command_runs_in_order_and_chains(tmp_path):
     with zipfile.ZipFile(clone / "glue_submission.zip") as z:
         assert sorted(z.namelist()) == ["CoLA.tsv", "RTE.tsv", "STS-B.tsv"]
     assert (clone / "report" / "README.md").is_file()
+    ids = [r.split(",")[0] for r in (REPO / "examples" / "tickets" / "test.csv").read_text().splitlines()[1:]]
+    predicted = [r.split("\t") for r in (clone / "runs" / "tickets" / "test_predictions.tsv").read_text().splitlines()]
+    assert predicted[0] == ["index", "prediction"] and [r[0] for r in predicted[1:]] == ids
+    assert {r[1] for r in predicted[1:]} <= {"account", "billing", "bug"}
 
 
 def test_the_readme_skips_only_what_cannot_run_here():

@@ -370,3 +370,21 @@ def test_submit_refuses_a_task_of_files_naming_its_predictions(reviews, tmp_path
     assert rc == 2 and "a task of your own given as files; a GLUE submission takes GLUE's tasks only" in err, err
     assert not (tmp_path / "s.zip").exists()
     assert task_definition(get_task("mine"))["labels"] == ["negative", "neutral", "positive"]
+
+
+METHOD_FLAGS = {"full_ft": {}, "bitfit": {"bias_terms": ["query", "intermediate"]}, "layers": {"layers": ["1"]},
+                "sparse_mask": {}, "rand_uniform": {"rand_budget": 500}, "rand_row_col": {}, "frozen": {}}
+
+
+@pytest.mark.parametrize("method", list(METHOD_FLAGS))
+def test_every_fine_tune_type_trains_a_three_class_task_of_files(method, reviews, tmp_path, tiny_bert_dir):
+    from bitfit.delta import read
+
+    train, dev, _ = reviews
+    result = run(files_cfg(tmp_path, train, dev, model_name=str(tiny_bert_dir), label_column="stars",
+                           fine_tune_type=method, **METHOD_FLAGS[method]))
+    assert result["status"] == "complete" and result["main_metric"] == "accuracy"
+    d = read(tmp_path / "out" / "delta.safetensors")
+    assert d.task.labels == ("negative", "neutral", "positive") and d.meta["policy"] == method
+    head = [t for name, t in d.tensors.items() if name.startswith("classifier") and name.endswith("weight")]
+    assert len(head) == 1 and head[0].shape[0] == 3
