@@ -53,6 +53,34 @@ def local_files(task: GlueTask, data_dir: str | Path, with_test: bool) -> list[t
     return found
 
 
+# ----------------------------------------------------------------------------- a task given as files
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
+ACCEPTED_FORMATS = "a .csv, .tsv, .jsonl or .json (JSON Lines) file"
+FILE_FLAGS = {"train_file": "--train-file", "validation_file": "--validation-file", "test_file": "--test-file"}
+
+
+def file_format(path: str | Path) -> str:
+    kind = FORMATS.get(Path(path).suffix.lower())
+    if kind is None:
+        raise UserError(f"{path}: unknown data file type {Path(path).suffix or '(no extension)'!r}; accepted: "
+                        f"{ACCEPTED_FORMATS}")
+    return kind
+
+
+def check_files(cfg) -> None:
+    """The run's data files exist and have a known extension (before torch, before folders)."""
+    for attr, flag in FILE_FLAGS.items():
+        path = getattr(cfg, attr)
+        if path is None:
+            continue
+        file_format(path)
+        p = Path(path)
+        if not p.is_file():
+            what = "a folder" if p.is_dir() else "not found"
+            raise UserError(f"{flag} {path!r}: {what}; accepted: {ACCEPTED_FORMATS}")
+
+
 def check_output_folder(path: str, overwrite: bool) -> None:
     """Refuse a non-empty output folder (or a file in its place) unless ``overwrite``; writes nothing."""
     p = Path(path)
@@ -95,8 +123,6 @@ def check_inputs(cfg) -> None:
         if not cfg.resume:
             check_output_folder(cfg.output_path, cfg.overwrite)
     if cfg.train_file is not None:
-        from .userdata import check_files
-
         check_files(cfg)
     elif cfg.data_dir is not None:
         local_files(get_task(cfg.task_name), cfg.data_dir, cfg.predict_test)

@@ -31,19 +31,17 @@ from pathlib import Path
 
 from . import tsv
 from .errors import UserError
+from .preflight import check_files, file_format
 from .tasks import GlueTask, user_task
 
 log = logging.getLogger("bitfit")
 
-FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl"}
-ACCEPTED_FORMATS = "a .csv, .tsv, .jsonl or .json (JSON Lines) file"
 TASK_TYPES = ("classification", "regression")
 ID_COLUMNS = ("id", "idx", "index")  # a test file's id column, the first of these it has (or --id-column)
 # Text columns by name, GLUE's first (as Hugging Face's run_glue.py looks for them), then "text"; else the first one
 # or two columns holding text.
 TEXT_NAMES = (("sentence1", "sentence2"), ("question1", "question2"), ("question", "sentence"), ("premise", "hypothesis"),
               ("sentence",), ("text",))
-FILE_FLAGS = {"train_file": "--train-file", "validation_file": "--validation-file", "test_file": "--test-file"}
 
 
 @dataclass
@@ -53,14 +51,6 @@ class Table:
     path: Path
     columns: list[str]
     rows: list[tuple[int, dict]]
-
-
-def file_format(path: str | Path) -> str:
-    kind = FORMATS.get(Path(path).suffix.lower())
-    if kind is None:
-        raise UserError(f"{path}: unknown data file type {Path(path).suffix or '(no extension)'!r}; accepted: "
-                        f"{ACCEPTED_FORMATS}")
-    return kind
 
 
 def read_table(path: str | Path) -> Table:
@@ -293,19 +283,6 @@ def _label(table: Table, lineno: int, row: dict, column: str, ids: dict[str, int
 
 
 # ----------------------------------------------------------------------------- the task and its splits
-
-
-def check_files(cfg) -> None:
-    """The run's data files exist and have a known extension (before torch, before folders)."""
-    for attr, flag in FILE_FLAGS.items():
-        path = getattr(cfg, attr)
-        if path is None:
-            continue
-        file_format(path)
-        p = Path(path)
-        if not p.is_file():
-            what = "a folder" if p.is_dir() else "not found"
-            raise UserError(f"{flag} {path!r}: {what}; accepted: {ACCEPTED_FORMATS}")
 
 
 def load_files(cfg) -> tuple[GlueTask, dict[str, list]]:
