@@ -36,6 +36,7 @@ from .tasks import GlueTask, user_task
 
 log = logging.getLogger("bitfit")
 
+NO_LABEL = ("", "-1")  # a test row's label column may say "no label" so (datasets writes test splits with -1), or null
 TASK_TYPES = ("classification", "regression")
 ID_COLUMNS = ("id", "idx", "index")  # a test file's id column, the first of these it has (or --id-column)
 # Text columns by name, GLUE's first (as Hugging Face's run_glue.py looks for them), then "text"; else the first one
@@ -321,6 +322,9 @@ def load_files(cfg) -> tuple[GlueTask, dict[str, list]]:
             _need_column(test, cfg.id_column, "--id-column")
         splits["test"] = [Example(_texts(test, n, r, texts), None, _ident(test, n, r, tid, k), str(test.path))
                           for k, (n, r) in enumerate(test.rows)]
+        for n, r in test.rows:  # labels are not needed; one given must still be one of the task's
+            if r.get(label) is not None and str(r[label]).strip() not in NO_LABEL:
+                _label(test, n, r, label, ids)
         if tid is not None:
             seen: dict[str, int] = {}
             for (n, _), e in zip(test.rows, splits["test"]):

@@ -182,6 +182,7 @@ BAD_RUNS = {
     "a metric of the other kind": (["--main-metric", "pearson"], "main metric 'pearson' is not a metric of a classification task; accepted: accuracy, macro_f1, mcc"),
     "an unknown metric": (["--main-metric", "auc"], "main metric 'auc' is unknown; accepted: accuracy, macro_f1, mcc (classification), pearson, spearmanr (regression)"),
     "file options without files": (["--train-file", None, "--validation-file", None, "-t", "rte", "--label-column", "x"], "--label-column is read only for a task given as files"),
+    "test label outside the training classes": (["--test-file", "{test_x}", "--predict-test", True], "test_x.csv:4: label 'c' is not one of the training file's classes; accepted: a, b"),
     "missing training file": (["--train-file", "{tmp}/nope.csv"], "--train-file '{tmp}/nope.csv': not found"),
     "three text columns": (["--text-columns", "a", "b", "c"], "--text-columns a b c: 3 columns; accepted: one column, or two"),
     "unknown task type": (["--task-type", "ranking"], "argument --task-type: invalid choice: 'ranking' (choose from 'classification', 'regression')"),
@@ -193,7 +194,8 @@ def test_bad_run_of_files_is_one_line_exit_2_nothing_written(case, tmp_path, tin
     extra, message = BAD_RUNS[case]
     train = _bad(tmp_path, "train.csv", GOOD)
     dev_x = _bad(tmp_path, "dev_x.csv", "text,label\nfine,a\nodd,c\n")
-    fill = {"{tmp}": str(tmp_path), "{train}": str(train), "{dev_x}": str(dev_x)}
+    test_x = _bad(tmp_path, "test_x.csv", "text,label\nfine,-1\nfair,\nodd,c\n")  # -1 and empty: no label
+    fill = {"{tmp}": str(tmp_path), "{train}": str(train), "{dev_x}": str(dev_x), "{test_x}": str(test_x)}
     argv = {"-t": "mine", "--train-file": str(train), "--validation-file": str(train), "-m": str(tiny_bert_dir),
             "-e": "1"}
     tail = []
