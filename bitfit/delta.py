@@ -49,7 +49,7 @@ from .config import check_settings
 from .errors import UserError
 from .methods import METHODS
 from .models import load_model, load_tokenizer
-from .tasks import GlueTask, task_definition, task_of
+from .tasks import GlueTask, from_definition, get_task, task_definition
 
 log = logging.getLogger("bitfit")
 
@@ -370,6 +370,7 @@ def read(path: str | os.PathLike, allow_unverified: bool = False) -> Delta:
     if meta.get("digest") and delta_digest(meta) != meta["digest"]:
         raise UserError(f"{p}: its metadata does not match the digest recorded when it was written (corrupted, or "
                         "edited without recomputing it); refusing to use it")
+    meta_task(p, meta)  # after the digests: a refused delta's task definition is never made known to get_task
     return Delta(p, tensors, meta)
 
 
@@ -390,7 +391,7 @@ def meta_task(p: Path, meta: dict[str, str]) -> GlueTask:
     if definition is not None and definition.get("name") != meta["task"]:
         raise UserError(f"{p}: metadata task {meta['task']!r} and its task_definition's name "
                         f"{definition.get('name')!r} differ; accepted: a delta.safetensors written by a bitfit run")
-    return task_of(definition, meta["task"], where=str(p))
+    return from_definition(definition, str(p)) if definition is not None else get_task(meta["task"])
 
 
 def _check_metadata(p: Path, meta: dict[str, str]) -> None:
@@ -400,7 +401,6 @@ def _check_metadata(p: Path, meta: dict[str, str]) -> None:
     missing = [k for k in ("base_model", "task", "model_type", "policy") if k not in meta]
     if missing:
         raise UserError(f"{p} lacks metadata {', '.join(missing)}; accepted: a delta.safetensors written by a bitfit run")
-    meta_task(p, meta)
     if meta["policy"] not in METHODS:
         raise UserError(f"{p}: policy {meta['policy']!r} is unknown; accepted: {', '.join(METHODS)}")
     check_settings(_json_meta(p, meta, "config", dict), where=f"{p} (its config)")  # as run_glue.py checks them

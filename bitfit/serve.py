@@ -274,7 +274,7 @@ def task_keys(ds: list[deltas.Delta]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Input files: TSV with a header, or JSON lines
+# Input files: TSV or CSV with a header, or JSON lines
 
 
 def read_source(source: str) -> tuple[str, str]:
@@ -283,40 +283,129 @@ def read_source(source: str) -> tuple[str, str]:
         return "<stdin>", sys.stdin.read()
     p = Path(source)
     if not p.is_file():
-        raise UserError(f"input {source!r} not found; accepted: a .tsv or .jsonl file, or - for standard input")
+        raise UserError(f"input {source!r} not found; accepted: a .tsv, .csv or .jsonl file, or - for standard input")
     return source, tsv.read_text(p)
 
 
+INPUT_FORMATS = ("auto", "tsv", "csv", "jsonl")
+
+
+def input_format(name: str, text: str, fmt: str = "auto") -> str:
+    """The format of an input: ``fmt`` unless "auto"; then by suffix (.jsonl/.json, .csv, anything else TSV), and
+    for a name without one (standard input) by its first line: ``{`` JSON lines, commas but no tab CSV, else TSV."""
+    if fmt not in INPUT_FORMATS:
+        raise UserError(f"input format {fmt!r} is unknown; accepted: {', '.join(INPUT_FORMATS)}")
+    if fmt != "auto":
+        return fmt
+    suffix = Path(name).suffix.lower() if name != "<stdin>" else ""
+    if suffix:
+        return "jsonl" if suffix in (".jsonl", ".json") else "csv" if suffix == ".csv" else "tsv"
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    if first.lstrip().startswith("{"):
+        return "jsonl"
+    return "csv" if "," in first and "\t" not in first else "tsv"
+
+
 def parse_inputs(name: str, text: str, task: GlueTask, fmt: str = "auto") -> list[Example]:
-    """Examples for ``task`` from TSV (header line; text columns by name, else GLUE's test layout) or JSONL."""
-    if fmt == "auto":
-        suffix = Path(name).suffix.lower()
-        fmt = "jsonl" if suffix in (".jsonl", ".json") else "tsv" if suffix else (
-            "jsonl" if text.lstrip().startswith("{") else "tsv")
-    examples = _parse_jsonl(name, text, task) if fmt == "jsonl" else _parse_tsv(name, text, task)
+    """Examples for ``task`` from TSV (header line; text columns by name, else GLUE's test layout), CSV (header line,
+    text columns by name; read as training reads a CSV file) or JSONL."""
+    fmt = input_format(name, text, fmt)
+    parse = {"jsonl": _parse_jsonl, "csv": _parse_csv, "tsv": _parse_tsv}[fmt]
+    examples = parse(name, text, task)
     if not examples:
         raise UserError(f"{name}: no examples to predict (an empty file, or a header only); accepted: "
                         + ("one JSON object per line" if fmt == "jsonl" else "a header line and at least one row"))
     return examples
 
 
+def _text_columns(task: GlueTask, found) -> tuple[str, ...] | None:
+    """The first of ``task.text_names`` all of whose columns are in ``found`` (a header, a JSON object), or None."""
+    return next((names for names in task.text_names if all(c in found for c in names)), None)
+
+
+def _no_text_columns(where: str, found: list[str], task: GlueTask, also: str = "", jsonl: bool = False) -> UserError:
+    """One line naming the columns (JSON: fields) found and the ones wanted (``also``: another accepted way)."""
+    what, accepted = ("fields", "") if jsonl else ("columns", "a header naming ")
+    return UserError(f"{where}: no text {what} for {task.glue_name} in {'' if jsonl else 'header '}{found}; accepted: "
+                     f"{accepted}{_wanted(task)}{also}")
+
+
+def _wanted(task: GlueTask) -> str:
+    """The text column names ``task`` takes, in order: for a task of the user's, its own first, said so."""
+    names = ["+".join(n) for n in task.text_names]
+    if task.custom:
+        names[0] += f" (the column{'s' * (len(task.hub_text_fields) > 1)} task {task.name} was trained on)"
+    return " or ".join(names)
+
+
+def _parse_csv(name: str, text: str, task: GlueTask) -> list[Example]:
+    """A CSV input, read by ``userdata.read_table`` as training reads a CSV file (RFC 4180 quoting, a record's first
+    line number in messages); its id column (``id``/``idx``/``index``, as for a test file) becomes the index."""
+    from .userdata import ID_COLUMNS
+
+    table = _read_csv_table(name, text)
+    cols = _text_columns(task, table.columns)
+    if cols is None:
+        raise _no_text_columns(f"{name}:{_header_line(text)}", table.columns, task)
+    ident = next((c for c in ID_COLUMNS if c in table.columns), None)
+    examples = []
+    for lineno, row in table.rows:
+        index = str(len(examples))
+        if ident is not None:
+            index = row[ident]
+            if not index.strip() or any(ch in index for ch in "\t\r\n"):
+                raise UserError(f"{name}:{lineno}: id {index!r} (column {ident!r}) is empty or holds a tab or line "
+                                "break; accepted: an id that fits one TSV field")
+        examples.append(Example(tuple(row[c] for c in cols), None, index))
+    return examples
+
+
+def _header_line(text: str) -> int:
+    return next((i for i, line in enumerate(text.splitlines(), start=1) if line.strip()), 1)
+
+
+def _read_csv_table(name: str, text: str):
+    """``userdata.read_table`` of ``name``: the file itself when it is a .csv file, else ``text`` (standard input, or
+    another suffix with --input-format csv) through a temporary .csv file, its path in messages replaced by ``name``."""
+    import tempfile
+
+    from .userdata import read_table
+
+    p = Path(name)
+    if name != "<stdin>" and p.suffix.lower() == ".csv" and p.is_file():
+        return read_table(p)
+    with tempfile.TemporaryDirectory(prefix="bitfit-predict-") as tmp:
+        path = Path(tmp) / "input.csv"
+        path.write_text(text, encoding="utf-8", newline="")
+        try:
+            return read_table(path)
+        except UserError as e:
+            message = str(e).replace(str(path), name)  # read_table's hints name a file suffix; here: the flag
+            for kind in ("tsv", "jsonl"):
+                message = message.replace(f"Name it .{kind}", f"Pass --input-format {kind}")
+            raise UserError(message) from None
+
+
 def _parse_tsv(name: str, text: str, task: GlueTask) -> list[Example]:
-    rows = [row for _, row in tsv.parse_rows(text)]
+    rows = tsv.parse_rows(text)
     if not rows:
         return []
-    header = [h.strip() for h in rows[0]]
-    cols = next((tuple(header.index(c) for c in names) for names in task.text_names if all(c in header for c in names)),
-                None)
-    if cols is None:
-        if len(header) <= max(task.test_text_columns):
-            raise UserError(f"{name}: no text columns for {task.glue_name} in header {header}; accepted: a header "
-                            f"naming {' or '.join('+'.join(n) for n in task.text_names)}, or GLUE's {task.glue_name} test-file layout")
+    header_line, header = rows[0][0], [h.strip() for h in rows[0][1]]
+    names = _text_columns(task, header)
+    if names is None:
+        # GLUE's test files name their columns in ways of their own: their layout is the fallback; a task of the
+        # user's has no such layout, its header must name its text columns
+        if task.custom or len(header) <= max(task.test_text_columns):
+            layout = "" if task.custom else f", or GLUE's {task.glue_name} test-file layout"
+            raise _no_text_columns(f"{name}:{header_line}", header, task, layout)
         cols = task.test_text_columns
         log.info("%s: %s texts from columns %s (GLUE's test-file layout)", name, task.glue_name, list(cols))
+    else:
+        cols = tuple(header.index(c) for c in names)
     index = next((header.index(c) for c in INDEX_COLUMNS if c in header), None)
     need = max(cols + ((index,) if index is not None else ())) + 1
     examples = []
-    for lineno, row in enumerate(rows[1:], start=2):
+    for lineno, row in rows[1:]:
         if len(row) < need:
             raise UserError(f"{name}:{lineno}: expected at least {need} tab-separated columns, found {len(row)}")
         examples.append(Example(tuple(row[c] for c in cols), None, row[index] if index is not None else str(len(examples))))
@@ -340,10 +429,9 @@ def _parse_jsonl(name: str, text: str, task: GlueTask) -> list[Example]:
         if not isinstance(obj, dict):
             raise UserError(f"{name}:{lineno}: not a JSON object; accepted: one object per line")
         if keys is None:
-            keys = next((k for k in task.text_names if all(c in obj for c in k)), None)
+            keys = _text_columns(task, obj)
             if keys is None:
-                raise UserError(f"{name}:{lineno}: no text fields for {task.glue_name} in {sorted(obj)}; accepted: "
-                                f"{' or '.join('+'.join(n) for n in task.text_names)}")
+                raise _no_text_columns(f"{name}:{lineno}", sorted(obj), task, jsonl=True)
         if not all(isinstance(obj.get(k), str) for k in keys):
             raise UserError(f"{name}:{lineno}: fields {', '.join(keys)} must all be strings")
         if not all(obj[k].isascii() or _encodable(obj[k]) for k in keys):  # JSON's \ud800 escapes decode to lone halves

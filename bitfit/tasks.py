@@ -190,6 +190,19 @@ def define(definition: dict, where: str = "", replace: bool = False) -> GlueTask
     """The task a ``task_definition`` describes, made known to ``get_task`` in this process; one line if it is not
     a definition, or if the name is already known with other labels, texts or metrics (unless ``replace``: a run's
     own files redefine its name)."""
+    task = from_definition(definition, where)
+    known = _DEFINED.get(task.name)
+    if known is not None and known != task and not replace:
+        prefix = f"{where}: " if where else ""
+        raise UserError(f"{prefix}task {task.name!r} is defined twice, differently: {task_definition(known)} and "
+                        f"{task_definition(task)}; give the two tasks different names (-t)")
+    _DEFINED[task.name] = task
+    return task
+
+
+def from_definition(definition: dict, where: str = "") -> GlueTask:
+    """The task a ``task_definition`` describes (checked; one line if it is not one), not made known to
+    ``get_task``: a delta's task is its own, and two deltas may name different tasks alike."""
     prefix = f"{where}: " if where else ""
     try:
         name, labels, fields, metrics = (definition[k] for k in ("name", "labels", "text_fields", "metrics"))
@@ -205,11 +218,6 @@ def define(definition: dict, where: str = "", replace: bool = False) -> GlueTask
     if list(task.metrics) != metrics:
         raise UserError(f"{prefix}task {name!r}: metrics {metrics} are not a task's of this kind; accepted: "
                         f"{list(task.metrics)} in any order with a main metric first")
-    known = _DEFINED.get(name)
-    if known is not None and known != task and not replace:
-        raise UserError(f"{prefix}task {name!r} is defined twice, differently: {task_definition(known)} and "
-                        f"{task_definition(task)}; give the two tasks different names (-t)")
-    _DEFINED[name] = task
     return task
 
 

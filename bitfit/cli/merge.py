@@ -1,6 +1,7 @@
 """``python -m bitfit merge RUN -o FOLDER``: base + delta as a standalone Hugging Face model folder.
 
     python -m bitfit merge runs/rte -o merged/rte
+    python -m bitfit merge runs/tickets -o merged/tickets   # a task given as files: id2label are its class names
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
     python -m bitfit predict --delta runs/rte --input ../shared/glue_data/RTE/test.tsv --probs
     python -m bitfit predict --delta runs/rte runs/stsb --input pairs.jsonl -o predictions/
+    python -m bitfit predict --delta runs/tickets --input new_tickets.csv --probs   # a task given as files
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ def build_parser(p):
                    help="delta.safetensors files or run folders; several share one backbone, loaded once")
     p.add_argument("--input", "-i", nargs="+", action="extend", required=True, metavar="FILE",
                    help="examples to predict: a TSV with a header (text columns named as the task's, e.g. "
-                   "sentence1/sentence2, or GLUE's test-file layout), a .jsonl file, or - for standard input; "
-                   "one for all deltas, or one per delta")
+                   "sentence1/sentence2, or GLUE's test-file layout), a .csv file with a header (read as training "
+                   "reads one; quoted fields may hold commas and line breaks), a .jsonl file, or - for standard "
+                   "input; an id/idx/index column becomes the output's index; one for all deltas, or one per delta")
     p.add_argument("--output", "-o", default="-", help="file to write (- for standard output); with several deltas "
                    "a folder, one <task>.tsv (or .jsonl) each")
     p.add_argument("--format", choices=("tsv", "jsonl"), default=None,
                    help="output format (default: jsonl if --output ends in .jsonl, else tsv)")
-    p.add_argument("--input-format", choices=("auto", "tsv", "jsonl"), default="auto",
-                   help="input format (auto: by file suffix; for - by the first character)")
+    p.add_argument("--input-format", choices=("auto", "tsv", "csv", "jsonl"), default="auto",
+                   help="input format (auto: by file suffix; for - by the first line: { for JSON lines, commas "
+                   "without a tab for CSV, else TSV)")
     p.add_argument("--probs", action="store_true", help="also write each label's probability (classification tasks)")
     p.add_argument("--base", default=None, help="base model (default: the one the first delta names); must match "
                    "every delta's fingerprint")
