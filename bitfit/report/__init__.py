@@ -22,6 +22,13 @@ is incomplete (no results, interrupted), failed (diverged, broken), a duplicate,
 settings most runs of the group share win. Run folders are named relative to the current working
 directory, never by an absolute path, so a report can be committed as it is.
 
+A task given as files (``run_glue.py -t NAME --train-file ...``) is known from its runs' config.json
+(``task_definition``), never from its files: its columns follow GLUE's, by name, with its own metrics
+and baseline (MSE as it is, 4 significant digits, not ×100; lower is better, so it never chooses
+anything); the average column is GLUE's columns only ("GLUE avg" beside such tasks, none without a GLUE
+column); the file paths are not compared (as ``--data-dir`` is not), the definitions are: runs that
+define one name differently are skipped with both definitions (the one most runs share is kept).
+
     report/README.md   one table per model and training-set size (rows: methods; columns: tasks),
                        the learning rates chosen, links to every figure, the skipped runs
     report/grid.md     every learning rate of every group, mean ± std and seeds, the chosen one marked

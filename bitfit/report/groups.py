@@ -60,7 +60,7 @@ class RunGroup:
 
     @property
     def task(self) -> GlueTask:
-        return get_task(self.key.task)
+        return self.runs[0].task  # a task given as files: the definition its runs share (runs.agree_on_tasks)
 
     def metric(self, split: str, metric: str, lr: float | None = None) -> MeanStd | None:
         """``metric`` on ``split`` over the seeds of ``lr`` (the chosen rate by default); None if no run has it."""
@@ -151,7 +151,8 @@ def size_name(n: int | None) -> str:
 
 def group_name(key: GroupKey) -> str:
     """``bitfit on RTE (minilm, full training set)``."""
-    return f"{key.method} on {get_task(key.task).glue_name} ({model_name(key.model)}, {size_name(key.max_train_samples)})"
+    task = get_task(key.task).glue_name if key.task in TASKS else key.task  # a task given as files: its name
+    return f"{key.method} on {task} ({model_name(key.model)}, {size_name(key.max_train_samples)})"
 
 
 def method_order(groups: list[RunGroup]) -> Callable[[str], tuple]:
@@ -168,6 +169,6 @@ def method_order(groups: list[RunGroup]) -> Callable[[str], tuple]:
     return key
 
 
-def task_order(task_name: str) -> int:
-    """Sort key for task names: GLUE's order (``bitfit.tasks.TASKS``)."""
-    return list(TASKS).index(task_name)
+def task_order(task_name: str) -> tuple:
+    """Sort key for task names: GLUE's order (``bitfit.tasks.TASKS``), then tasks given as files by name."""
+    return (0, list(TASKS).index(task_name), "") if task_name in TASKS else (1, 0, task_name)

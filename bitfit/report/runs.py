@@ -9,6 +9,11 @@ nothing inside a run folder is searched. Whether a run is complete is ``bitfit.r
 call; this module only words the reason a run is left out: ``incomplete: ...`` (it may still finish,
 or be resumed) or ``failed: ...``. Folders are named relative to the current working directory
 (``../...`` for a root outside it), never by an absolute path.
+
+A task given as files (``run_glue.py -t NAME --train-file ...``) is the one its run's config.json
+defines (``task_definition``: classes, text columns, metrics); runs of one name that define it
+differently are never mixed: the definition most of them share is the task's (a tie: the first
+run's, by folder), and the others are skipped with both definitions.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from ..errors import UnreadableFile, UserError
 from ..io import read_jsonl_file
 from ..methods import method_label
 from ..runstate import BROKEN, COMPLETE, INTERRUPTED, STOPPED, RunState, read_state
-from ..tasks import GlueTask, get_task
+from ..tasks import GlueTask, define, get_task, task_definition
 
 # Settings that do not change what a run measures, or that the group key already holds.
 NOT_COMPARED = {"output_path", "seed", "learning_rate", "gpu_device", "cpu", "overwrite", "resume", "verbose",
@@ -32,7 +37,10 @@ NOT_COMPARED = {"output_path", "seed", "learning_rate", "gpu_device", "cpu", "ov
                 "max_predict_samples", "trust_remote_code", "eval_train",
                 "task_name", "model_name", "fine_tune_type", "bias_terms", "layers", "rand_budget", "mask_sparsity",
                 "max_train_samples", "fast_cpu_ops", "compile", "gradient_checkpointing", "num_workers", "report_to",
-                "deterministic"}
+                "deterministic",
+                # a task given as files: where its files are (as data_dir above), and the options its definition
+                # (config.json's task_definition, which runs of one name must share) already holds
+                "train_file", "validation_file", "test_file", "id_column", "text_columns", "task_type", "main_metric"}
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig)}  # for the fields an older run lacks
 
 
@@ -61,10 +69,11 @@ class Run:
     results: dict
     history: list[dict]  # metrics.jsonl's rows
     num_processes: int = 1
+    own_task: GlueTask | None = None  # a task given as files: the one config.json's task_definition describes
 
     @property
     def task(self) -> GlueTask:
-        return get_task(self.cfg["task_name"])
+        return self.own_task if self.own_task is not None else get_task(self.cfg["task_name"])
 
     @property
     def lr(self) -> float:
@@ -166,6 +175,25 @@ def skip_reason(state: RunState) -> str:
     return f"failed: {state.reason}"
 
 
+def _own_task(name: object, definition: object) -> GlueTask | None:
+    """The task of a run given as files, from config.json's ``task_definition`` (made known to ``get_task``, replacing
+    what this process knew by that name); None for a GLUE task; UserError, one line, for anything else."""
+    if definition is None:
+        task = get_task(name) if isinstance(name, str) else None
+        if task is None or task.custom:  # a name only an earlier run of this process defined is no GLUE task
+            raise UserError(f"{name!r} is not a GLUE task and config.json records no task_definition "
+                            "(a run of a task given as files records one); accepted: a run of run_glue.py")
+        return None
+    try:
+        task = define(definition, replace=True)
+    except UserError as e:
+        raise UserError(f"config.json's task_definition is unusable: {e}") from None
+    if task.name != name:
+        raise UserError(f"config.json's task_definition names {task.name!r} but its task_name is "
+                        f"{name!r}; accepted: the config.json run_glue.py wrote")
+    return task
+
+
 def read_run(folder: Path, label: str) -> Run | Skipped:
     """A complete run, or why the report cannot use it."""
     state = read_state(folder)
@@ -173,13 +201,13 @@ def read_run(folder: Path, label: str) -> Run | Skipped:
         return Skipped(label, skip_reason(state))
     cfg = _DEFAULTS | state.config
     try:
-        get_task(cfg["task_name"])
+        own = _own_task(cfg["task_name"], state.saved.get("task_definition"))
     except UserError as e:
         return Skipped(label, f"unknown task: {e}")
     history = _read_history(folder)
     if isinstance(history, str):
         return Skipped(label, f"failed: {history}")
-    run = Run(folder, label, cfg, state.results, history, int(state.saved.get("num_processes") or 1))
+    run = Run(folder, label, cfg, state.results, history, int(state.saved.get("num_processes") or 1), own)
     try:
         main = run.main
     except (KeyError, TypeError, ValueError):
@@ -187,6 +215,37 @@ def read_run(folder: Path, label: str) -> Run | Skipped:
     if main is None or not math.isfinite(main):
         return Skipped(label, "failed: results.json has no finite dev main metric")
     return run
+
+
+def _definition_text(definition: dict, keys: list[str]) -> str:
+    return ", ".join(f"{k} {definition[k]}" for k in keys)
+
+
+def agree_on_tasks(runs: list[Run]) -> tuple[list[Run], list[Skipped]]:
+    """Runs of one task given as files must define it alike: the definition most of them share is the task's (a tie:
+    the first run's by folder), made the one ``get_task`` knows; the other runs are skipped, with both definitions."""
+    by_name: dict[str, dict[str, list[Run]]] = {}
+    for r in sorted(runs, key=lambda r: r.label):
+        if r.own_task is not None:
+            text = repr(task_definition(r.own_task))
+            by_name.setdefault(r.own_task.name, {}).setdefault(text, []).append(r)
+    skipped: dict[str, Skipped] = {}
+    for name, variants in by_name.items():
+        order = list(variants)  # first seen first: the runs are in folder order
+        kept = min(order, key=lambda v: (-len(variants[v]), order.index(v)))
+        theirs = task_definition(variants[kept][0].own_task)
+        define(theirs, replace=True)
+        for v in order:
+            if v == kept:
+                continue
+            for r in variants[v]:
+                mine = task_definition(r.own_task)
+                diff = [k for k in mine if mine[k] != theirs.get(k)]
+                skipped[r.label] = Skipped(r.label, (
+                    f"task {name!r} defined differently: {_definition_text(mine, diff)} here, where the other "
+                    f"{len(variants[kept])} run(s) of {name!r} (e.g. {variants[kept][0].label}) have "
+                    f"{_definition_text(theirs, diff)}; not mixed (give different tasks different names: -t)"))
+    return [r for r in runs if r.label not in skipped], list(skipped.values())
 
 
 def collect(roots: list[str | os.PathLike], exclude: str | os.PathLike | None = None) -> tuple[list[Run], list[Skipped]]:
@@ -200,4 +259,5 @@ def collect(roots: list[str | os.PathLike], exclude: str | os.PathLike | None = 
     for folder in folders:
         got = read_run(folder, folder.as_posix())
         (skipped if isinstance(got, Skipped) else runs).append(got)
-    return runs, skipped
+    runs, differing = agree_on_tasks(runs)
+    return runs, skipped + differing

@@ -1,8 +1,12 @@
-"""Markdown tables and the numbers in them: metrics ×100 with one decimal, mean ± sample std over seeds.
+"""Markdown tables and the numbers in them: metrics ×100 with one decimal (MSE as it is, 4 significant digits),
+mean ± sample std over seeds.
 
     from bitfit.report.tables import markdown_table, results_table
     markdown_table(["method", "RTE (acc)"], [["bitfit", "67.0 ± 1.4"]])   # ["| method | RTE (acc) |", ...]
-    results_table(groups)     # rows: methods; columns: % trained, every task's dev metrics, the average
+    results_table(groups)     # rows: methods; columns: % trained, every task's dev metrics, the GLUE average
+
+Tasks given as files (``bitfit.userdata``) come after GLUE's, by name, with their own metrics; the
+average is over GLUE's columns only (the paper's), and says so when such a task is in the table.
 
 Every function returns a list of lines; nothing here reads files or draws.
 """
@@ -10,10 +14,15 @@ Every function returns a list of lines; nothing here reads files or draws.
 from __future__ import annotations
 
 from ..methods import BIAS_ROLES
-from ..tasks import TASKS, GlueTask
+from ..tasks import GlueTask
 from .groups import MeanStd, RunGroup, group_name, method_order, task_order
 
-SHORT_METRIC = {"accuracy": "acc", "mcc": "MCC", "f1": "F1", "pearson": "Pearson", "spearmanr": "Spearman"}
+SHORT_METRIC = {"accuracy": "acc", "mcc": "MCC", "f1": "F1", "pearson": "Pearson", "spearmanr": "Spearman",
+                "macro_f1": "macro-F1", "mse": "MSE"}
+RAW_METRICS = frozenset({"mse"})  # not in [0, 1] (nor ±1): shown as they are, never ×100
+MSE_NOTE = ("MSE (tasks given as files): mean squared error on the labels' own scale, shown as it is (4 significant "
+            "digits, not ×100); lower is better, the baseline's is the dev labels' variance. It never chooses an "
+            "epoch or a learning rate: the task's first metric does.")
 
 
 def seeds_text(n: int) -> str:
@@ -26,11 +35,16 @@ def x100(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
-def mean_std_text(s: MeanStd | None) -> str:
-    """``67.0 ± 1.4`` (×100); one seed: ``67.0``; nothing: ``–``."""
+def metric_text(metric: str | None, value: float) -> str:
+    """A metric's value as the tables show it: ``x100``, but MSE as it is, 4 significant digits (``0.2413``)."""
+    return f"{value:.4g}" if metric in RAW_METRICS else x100(value)
+
+
+def mean_std_text(s: MeanStd | None, metric: str | None = None) -> str:
+    """``67.0 ± 1.4`` (×100; ``metric`` MSE: as it is); one seed: ``67.0``; nothing: ``–``."""
     if s is None:
         return "–"
-    return x100(s.mean) + ("" if s.std is None else f" ± {x100(s.std)}")
+    return metric_text(metric, s.mean) + ("" if s.std is None else f" ± {metric_text(metric, s.std)}")
 
 
 def percent_range(values: list[float]) -> str:
@@ -48,9 +62,9 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def tasks_of(groups: list[RunGroup]) -> list[GlueTask]:
-    """The tasks the groups cover, in GLUE's order."""
-    present = {g.key.task for g in groups}
-    return [t for t in TASKS.values() if t.name in present]
+    """The tasks the groups cover, in GLUE's order, then the tasks given as files by name."""
+    present = {g.key.task: g.task for g in groups}
+    return [present[name] for name in sorted(present, key=task_order)]
 
 
 def by_method(groups: list[RunGroup]) -> dict[str, dict[str, RunGroup]]:
@@ -68,7 +82,7 @@ def _column_title(task: GlueTask, split: str) -> str:
 
 def _results_cells(mine: dict[str, RunGroup], columns: list[tuple[GlueTask, str]],
                    most: int) -> tuple[list[str], list[float]]:
-    """One method's cells, one per (task, dev split) column, and the column's first metric where it has one."""
+    """One method's cells, one per (task, dev split) column, and each GLUE column's first metric where it has one."""
     cells, firsts = [], []
     for task, split in columns:
         group = mine.get(task.name)
@@ -76,9 +90,9 @@ def _results_cells(mine: dict[str, RunGroup], columns: list[tuple[GlueTask, str]
             cells.append("–")
             continue
         values = [group.metric(split, m) for m in task.metrics]
-        text = " / ".join(mean_std_text(s) for s in values)
+        text = " / ".join(mean_std_text(s, m) for s, m in zip(values, task.metrics))
         cells.append(text + (f" ({seeds_text(len(group.runs))})" if len(group.runs) < most else ""))
-        if values[0] is not None:
+        if values[0] is not None and not task.custom:
             firsts.append(values[0].mean)
     return cells, firsts
 
@@ -86,40 +100,56 @@ def _results_cells(mine: dict[str, RunGroup], columns: list[tuple[GlueTask, str]
 BASELINE_LABEL = "trivial baseline (majority class; STS-B: a constant)"
 
 
+def _baseline_label(columns: list[tuple[GlueTask, str]]) -> str:
+    own = sorted({t.name for t, _ in columns if t.custom and t.is_regression})
+    return BASELINE_LABEL if not own else BASELINE_LABEL.replace("STS-B:", f"STS-B, {', '.join(own)}:")
+
+
 def baseline_row(groups: list[RunGroup], columns: list[tuple[GlueTask, str]]) -> list[str]:
     """What always giving one answer scores on each column's dev split, as the runs recorded it
-    (results.json ``baseline``; runs written before it existed leave the cell empty)."""
+    (results.json ``baseline``; runs written before it existed leave the cell empty); then the GLUE
+    columns' average, where the table has GLUE columns."""
     cells, firsts = [], []
     for task, split in columns:
         base = next((r.results["baseline"][split] for g in groups if g.task.name == task.name for r in g.runs
                      if split in (r.results.get("baseline") or {})), None)
-        cells.append("–" if base is None else " / ".join(x100(base[m]) for m in task.metrics))
-        if base is not None:
+        cells.append("–" if base is None else " / ".join(
+            "–" if not isinstance(base.get(m), (int, float)) else metric_text(m, base[m]) for m in task.metrics))
+        if base is not None and not task.custom and isinstance(base.get(task.main_metric), (int, float)):
             firsts.append(base[task.main_metric])
-    avg = x100(sum(firsts) / len(firsts)) if len(firsts) == len(columns) else "–"
-    return [BASELINE_LABEL, "0", "0"] + cells + [avg]
+    glue = [c for c in columns if not c[0].custom]
+    avg = [x100(sum(firsts) / len(firsts)) if firsts and len(firsts) == len(glue) else "–"] if glue else []
+    return [_baseline_label(columns), "0", "0"] + cells + avg
 
 
 def results_table(groups: list[RunGroup]) -> list[str]:
-    """Rows: methods; columns: % trained, every task's dev split (all its metrics), the average."""
+    """Rows: methods; columns: % trained, every task's dev split (all its metrics), the average of the GLUE
+    columns' first metric (none without a GLUE column; "GLUE avg" beside tasks given as files, which it leaves out)."""
     columns = [(t, s.name) for t in tasks_of(groups) for s in t.dev_splits]
-    header = ["method", "% params", "% in layers"] + [_column_title(t, s) for t, s in columns] + ["Avg"]
+    glue, own = [c for c in columns if not c[0].custom], [t.name for t, _ in columns if t.custom]
+    avg_title = [] if not glue else ["GLUE avg"] if own else ["Avg"]
+    header = ["method", "% params", "% in layers"] + [_column_title(t, s) for t, s in columns] + avg_title
     most = max(len(g.runs) for g in groups)  # groups with fewer seeds than this say how many they have
     rows, partial = [], False
     for method, mine in by_method(groups).items():
         cells, firsts = _results_cells(mine, columns, most)
         avg = x100(sum(firsts) / len(firsts)) if firsts else "–"
-        if firsts and len(firsts) < len(columns):
+        if firsts and len(firsts) < len(glue):
             avg, partial = avg + "*", True
         rows.append([method, percent_range([p for g in mine.values() for p in g.trainable_percents()]),
                      percent_range([p for g in mine.values() for p in g.trainable_percents(in_layers=True)])]
-                    + cells + [avg])
+                    + cells + ([avg] if glue else []))
     rows.append(baseline_row(groups, columns))
     fewer = any(len(g.runs) < most for g in groups)
     lines = markdown_table(header, rows) + ["", f"Seeds per cell: {most}"
                                             + (", or as many as the cell says." if fewer else ".")]
     if partial:
-        lines += ["", "\\* averaged over the columns this method has runs for only."]
+        lines += ["", f"\\* averaged over the {'GLUE ' * bool(own)}columns this method has runs for only."]
+    if glue and own:
+        lines += ["", f"GLUE avg: mean of the GLUE columns' first metric, as the paper's Avg; the tasks given as "
+                      f"files ({', '.join(own)}) are not in it."]
+    if any(m in RAW_METRICS for t, _ in columns for m in t.metrics):
+        lines += ["", MSE_NOTE]
     return lines
 
 
@@ -148,7 +178,7 @@ def grid_lines(groups: list[RunGroup]) -> list[str]:
         rows = []
         for lr, runs in g.by_lr.items():
             mark = "**" if lr == g.lr else ""
-            rows.append([f"{mark}{lr:g}{mark}", f"{mark}{mean_std_text(g.main(lr))}{mark}",
+            rows.append([f"{mark}{lr:g}{mark}", f"{mark}{mean_std_text(g.main(lr), g.task.main_metric)}{mark}",
                          ", ".join(str(r.seed) for r in runs), "<br>".join(r.label for r in runs)])
         header = ["learning rate", f"{g.task.main_dev_split} {g.task.main_metric}", "seeds", "run folders"]
         lines += [f"## {group_name(g.key)}", ""] + markdown_table(header, rows) + [""]

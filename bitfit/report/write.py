@@ -17,7 +17,6 @@ import shutil
 from pathlib import Path
 
 from .. import io, preflight
-from ..tasks import get_task
 from .figures import group_slug, model_slug, plot_data_size, plot_group_curves, slug
 from .groups import MeanStd, RunGroup, method_order, model_name, select, size_name, task_order
 from .runs import Skipped, collect, shown_path
@@ -30,6 +29,8 @@ HOW_TO_READ = ("Each cell: dev metrics at the best epoch (×100), mean ± sample
                "tried is in [grid.md](grid.md). % params: trained parameters (head included) over all parameters; "
                "% in layers: those inside the encoder layers (the paper's count). Avg: mean of each column's first "
                "metric.")
+OWN_TASKS = ("Tasks given as files (run_glue.py --train-file: {names}) follow GLUE's, by name, each with its own "
+             "metrics and baseline; they are not in the average column, which is GLUE's tasks only.")
 
 
 def _link(path: Path, out: Path) -> str:
@@ -44,10 +45,12 @@ def _roots_text(roots: list) -> str:
 def _intro(roots: list, found: int, groups: list[RunGroup], skipped: list[Skipped]) -> list[str]:
     used = sum(len(g.runs) for g in groups)
     tried = sum(len(rs) for g in groups for rs in g.by_lr.values())
+    own = sorted({g.key.task for g in groups if g.task.custom})
+    how = HOW_TO_READ + (" " + OWN_TASKS.format(names=", ".join(own)) if own else "")
     return ["# Results", "",
             f"Made by `python -m bitfit report` from {found} run folder(s) under {_roots_text(roots)}; nothing was "
             f"trained. {tried} run(s) are compared, {used} of them at the chosen learning rates; {len(skipped)} "
-            "skipped (listed at the end).", "", HOW_TO_READ, ""]
+            "skipped (listed at the end).", "", how, ""]
 
 
 def _curves_table(groups: list[RunGroup], figures: Path, out: Path) -> list[str]:
@@ -96,7 +99,7 @@ def data_size_sections(groups: list[RunGroup], figures: Path, out: Path) -> list
         several = sorted((m for m, gs in methods.items() if len({g.key.max_train_samples for g in gs}) > 1), key=order)
         if not several:
             continue
-        task, curves = get_task(task_name), {m: _size_points(methods[m]) for m in several}
+        task, curves = methods[several[0]][0].task, {m: _size_points(methods[m]) for m in several}
         path = figures / f"data_size_{slug(model_slug(model), task_name)}.png"
         ylabel = f"{task.main_dev_split} {task.main_metric} (×100)"
         plot_data_size(curves, path, f"{task.glue_name}, {model_name(model)}: best learning rate per size", ylabel)
