@@ -5,7 +5,6 @@ merge writes the user's labels into a plain Hugging Face model."""
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import random
@@ -26,6 +25,7 @@ from conftest import WORDS
 from test_cli import run_cli
 from test_delta import batch, logits, realign, synthetic_delta
 from test_serve import fresh_logits, served_logits
+from test_userdata import write_csv, write_jsonl
 
 # task names of this file only: a process knows one definition per name (tasks.define), and other test files
 # define tasks of their own
@@ -37,19 +37,6 @@ PAIRS = [(a, b) for a, b in zip(SENTENCES, SENTENCES[1:] + SENTENCES[:1])]
 
 def _sentence(rng: random.Random, n: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n))
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")
