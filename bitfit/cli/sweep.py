@@ -36,7 +36,8 @@ def build_parser(p):
     g.add_argument("--preset", choices=tuple(PRESETS), help="the paper's grid: rates, epochs, seeds, tasks as the paper")
     g.add_argument("--config", metavar="YAML", help="a sweep file: tasks, methods, learning_rates, epochs, seeds, "
                    "sizes, settings (docs/SWEEPS.md)")
-    g.add_argument("--tasks", nargs="+", metavar="TASK", help="GLUE tasks")
+    g.add_argument("--tasks", nargs="+", metavar="TASK", help="GLUE tasks (a task of your own, given as files, "
+                   "goes in the YAML file's tasks:)")
     g.add_argument("--methods", nargs="+", metavar="METHOD", help="fine-tune types, or bitfit:ROLE,ROLE for BitFit "
                    "on some bias roles (e.g. bitfit:query,intermediate)")
     g.add_argument("--learning-rates", nargs="+", metavar="LR", help="learning rates of every method")
@@ -179,20 +180,39 @@ def _check_placement(args, settings: dict) -> None:
 
 
 def _check_inputs(trials) -> None:
-    """Before Ray starts: the data folder has each task's training file, a local model exists."""
+    """Before Ray starts: a local model exists, the data folder has each GLUE task's training file, and each task
+    given as files has its files (``userdata.check_files``)."""
     from ..models import resolve_model
-    from ..preflight import split_path
-    from ..tasks import get_task
+    from ..userdata import check_files
 
     settings = trials[0].settings
     resolve_model(settings.get("model_name") or RunConfig.__dataclass_fields__["model_name"].default)
+    first: dict = {}  # task -> its first trial
+    for t in trials:
+        first.setdefault(t.settings["task_name"], t)
+    for name, t in first.items():
+        if t.settings.get("train_file") is not None:
+            try:
+                check_files(t.config())
+            except UserError as e:
+                raise UserError(f"task {name!r} of the sweep: {e}") from None
+    glue = [t for t in first.values() if t.settings.get("train_file") is None]
+    if glue:
+        _check_glue_data(glue)
+
+
+def _check_glue_data(trials) -> None:
+    """The data folder (if any: else the datasets hub) has the training file of each GLUE task (one trial each)."""
+    from ..preflight import split_path
+    from ..tasks import get_task
+
     data = trials[0].config().data_dir
     if data is None:
         return  # the datasets hub
     if not Path(data).is_dir():
         raise UserError(f"data dir {data!r} is not a folder; accepted: a folder in the GLUE TSV layout "
                         "(e.g. glue_data/RTE/train.tsv)")
-    tasks = [get_task(name) for name in dict.fromkeys(t.settings["task_name"] for t in trials)]
+    tasks = [get_task(t.settings["task_name"]) for t in trials]
     missing = [t for t in tasks if not split_path(Path(data), t, None).is_file()]
     if missing:
         names = ", ".join(t.glue_name for t in missing)

@@ -27,7 +27,8 @@ from statistics import median
 
 from ..errors import UnreadableFile
 from ..io import read_jsonl_file
-from ..tasks import dev_main, get_task
+from ..tasks import dev_main
+from .driver import run_task
 
 REDUCTION = 2  # keep the better half at each rung
 GRACE = 1  # epochs every run trains before it can be cut
@@ -43,8 +44,9 @@ def rungs(epochs: int) -> list[int]:
 
 
 def recorded(run: Path, task_name: str, epoch: int) -> dict[Path, float]:
-    """The dev main metric at ``epoch`` of every other run in ``run``'s group that has reached it."""
-    task = get_task(task_name)
+    """The dev main metric at ``epoch`` of every other run in ``run``'s group that has reached it. The task is GLUE's
+    ``task_name``, or a task of the user's as ``run``'s config.json defines it (``driver.run_task``)."""
+    task = run_task(run, task_name)
     found = {}
     for other in sorted(run.parent.iterdir()) if run.parent.is_dir() else []:
         if other == run or not other.is_dir():
@@ -78,6 +80,6 @@ def decide(run: Path, task_name: str, epoch: int, value: float, epochs: int) -> 
         return None
     cutoff = median(others.values())
     if value < cutoff:
-        return (f"ASHA cut it at epoch {epoch}: dev {get_task(task_name).main_metric} {value:.4f} is below the median "
+        return (f"ASHA cut it at epoch {epoch}: dev {run_task(run, task_name).main_metric} {value:.4f} is below the median "
                 f"{cutoff:.4f} of the {len(others)} other run{'s' if len(others) > 1 else ''} of its group at that epoch")
     return None

@@ -41,8 +41,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UserError
-from ..io import SOURCE_COMMIT_ENV, environment_failure, source_commit, write_json, write_text
+from ..errors import UnreadableFile, UserError
+from ..io import SOURCE_COMMIT_ENV, environment_failure, read_json_file, source_commit, write_json, write_text
 from ..runstate import COMPLETE, DIVERGED, INTERRUPTED, STOPPED, read_state
 from . import raycompat
 from .control import MARKER, STOP
@@ -308,6 +308,52 @@ def start_reaper() -> subprocess.Popen:
 
 # ------------------------------------------------------------------------------------------------
 # what became of each run
+
+
+def _saved_task(folder: Path) -> tuple[str | None, dict | None]:
+    """The task name and ``task_definition`` (None: a GLUE task) a run's config.json records; (None, None) if none."""
+    try:
+        saved = read_json_file(folder / "config.json")
+    except (OSError, UnreadableFile):
+        return None, None  # absent or unreadable: read_state says why such a run cannot be used
+    if not isinstance(saved, dict):
+        return None, None
+    cfg = saved.get("config") if isinstance(saved.get("config"), dict) else {}
+    name = cfg.get("task_name")
+    return (name if isinstance(name, str) else None), saved.get("task_definition")
+
+
+def run_task(folder: str | os.PathLike, name: str):
+    """The task of the run in ``folder``: GLUE's ``name``, or a task of the user's (given as files) as the run's
+    config.json ``task_definition`` records it (``tasks.task_of``: made known to ``get_task`` in this process, so the
+    driver, the summary and ASHA never read the files themselves). UserError if neither names a task, or if the
+    definition contradicts another already known here under that name."""
+    from ..tasks import task_of
+
+    return task_of(_saved_task(Path(folder))[1], name, where=str(Path(folder) / "config.json"))
+
+
+def define_run_tasks(folders) -> dict[Path, str]:
+    """Make every task of the user's that the runs in ``folders`` record known in this process (the summary and the
+    report look tasks up by name); returns {folder: why} for runs whose config.json holds a task definition that is
+    not one. Of runs that define one name differently, the first defines it here (the report decides between them)."""
+    from ..tasks import get_task, task_of
+
+    problems = {}
+    for folder in map(Path, folders):
+        name, definition = _saved_task(folder)
+        if definition is None:
+            continue
+        try:
+            task_of(definition, name or "?", where=str(folder / "config.json"))
+        except UserError as e:
+            try:
+                known = get_task(name) if name else None
+            except UserError:
+                known = None
+            if known is None or not known.custom:
+                problems[folder] = str(e)
+    return problems
 
 
 def outcomes(planned: list[Planned], res: SweepResult) -> list[Outcome]:

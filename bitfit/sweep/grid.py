@@ -7,7 +7,9 @@
     trials = expand(sweep)      # 8 trials; trials[0].path == runs/minilm/full/rte/bitfit/lr1e-4_seed0
 
 The run-folder tree is ``OUT/<model>/<full|nSIZE>/<task>/<method folder>/lr<LR>_seed<S>`` (the same as
-the old scripts'), so a run two sweeps share is trained once. A method is a fine-tune type, or
+the old scripts'), so a run two sweeps share is trained once. A task is a GLUE name, or (in the YAML form) a
+mapping describing a task of the user's given as files, ``{name: reviews, train_file: ..., validation_file: ...}``,
+whose folder is its name. A method is a fine-tune type, or
 ``bitfit:ROLE,ROLE`` for BitFit on some bias roles (folder ``bitfit_ROLE_ROLE``). Every trial's
 settings are checked by building its ``RunConfig`` before anything runs. Torch-free.
 """
@@ -20,16 +22,20 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import RunConfig
+from ..config import FILE_OPTIONS, RunConfig
 from ..errors import UserError
 from ..methods import METHODS, check_bias_terms
-from ..tasks import get_task
+from ..tasks import CLASSIFICATION_METRICS, LOWER_IS_BETTER, REGRESSION_METRICS, TASKS, check_user_task_name, get_task
 
 # RunConfig fields a sweep sets per trial (plural on its command line, or decided from the run's state)
 PER_TRIAL = ("task_name", "fine_tune_type", "bias_terms", "learning_rate", "seed", "max_train_samples",
              "output_path", "resume", "overwrite")
 GRID_KEYS = ("tasks", "methods", "learning_rates", "epochs", "seeds", "sizes", "settings")
 SETTINGS = {f.name for f in dataclasses.fields(RunConfig)} - set(PER_TRIAL)
+# A task of the user's in the YAML's tasks: (a mapping): its name, and the RunConfig settings of its files
+FILE_KEYS = ("train_file", "validation_file", "test_file")
+TASK_KEYS = ("name",) + FILE_KEYS + FILE_OPTIONS
+TASK_FORM = "{name: reviews, train_file: train.csv, validation_file: dev.csv}"
 
 
 def lr_text(value) -> str:
@@ -105,6 +111,7 @@ class Sweep:
     sizes: list[int | None]
     settings: dict  # RunConfig fields shared by every trial (any run_glue.py flag)
     out: Path
+    task_files: dict[str, dict] = field(default_factory=dict)  # a task of the user's -> its files' RunConfig settings
 
     @classmethod
     def from_dict(cls, spec: dict, out: str | os.PathLike) -> Sweep:
@@ -117,14 +124,21 @@ class Sweep:
         epochs = epochs_value(spec["epochs"], "epochs") if spec.get("epochs") is not None else None
         methods = [_method_grid(name, opts, lrs, epochs) for name, opts in method_items(spec.get("methods"))]
         settings = settings_value(spec.get("settings"))
+        per_task = sorted(set(settings) & set(TASK_KEYS), key=TASK_KEYS.index)
+        if per_task:
+            raise UserError(f"setting {per_task[0]!r} (--{per_task[0].replace('_', '-')}) belongs to one task of the "
+                            f"sweep; accepted: a task of your own as a mapping in the sweep file's tasks:, e.g. "
+                            f"tasks: [rte, {TASK_FORM}] (docs/SWEEPS.md)")
         bad = sorted(set(settings) - SETTINGS, key=str)
         if bad:
             raise UserError(f"unknown or per-trial setting {bad[0]!r} in the sweep's settings; accepted: "
-                            f"{', '.join(sorted(SETTINGS))} (tasks, methods, rates, seeds and sizes are grid keys)")
-        return cls(tasks=[get_task(_text(t, "tasks")).name for t in _listed(spec, "tasks")], methods=methods,
+                            f"{', '.join(sorted(SETTINGS - set(TASK_KEYS)))} (tasks, methods, rates, seeds and sizes "
+                            "are grid keys)")
+        tasks, task_files = task_entries(_listed(spec, "tasks"))
+        return cls(tasks=tasks, methods=methods,
                    seeds=[seed_value(s) for s in as_list(spec.get("seeds", [0]), "seeds")],
                    sizes=[size_value(s) for s in as_list(spec.get("sizes", [None]), "sizes")], settings=dict(settings),
-                   out=Path(out))
+                   out=Path(out), task_files=task_files)
 
 
 def settings_value(value) -> dict:
@@ -144,10 +158,96 @@ def as_list(value, key: str) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-def _text(value, key: str) -> str:
-    if not isinstance(value, str):
-        raise UserError(f"sweep key {key!r} has {value!r}; accepted: names (text)")
-    return value
+def task_entries(entries: list) -> tuple[list[str], dict[str, dict]]:
+    """The sweep's tasks: GLUE names, and tasks of the user's given as files (mappings); returns the task names in
+    order (a GLUE task listed twice is one) and, per task of the user's, the RunConfig settings of its files."""
+    names: list[str] = []
+    files: dict[str, dict] = {}
+    for entry in entries:
+        if isinstance(entry, dict):
+            name, settings = task_entry(entry)
+            if name in files:
+                raise UserError(f"sweep key 'tasks' has two tasks named {name!r}; accepted: one entry per name "
+                                "(give each task of your own a name of its own)")
+            files[name] = settings
+            names.append(name)
+        elif isinstance(entry, str):
+            name = glue_task_name(entry)
+            if name not in names:
+                names.append(name)
+        else:
+            raise UserError(f"sweep key 'tasks' has {entry!r}; accepted: GLUE task names, or a task of your own as a "
+                            f"mapping, e.g. {TASK_FORM}")
+    return names, files
+
+
+def glue_task_name(name: str) -> str:
+    """A GLUE task's name (any of its spellings); anything else is one line saying where a task of one's own goes."""
+    accepted = (f"accepted: {', '.join(TASKS)} (GLUE spellings such as SST-2, STS-B also work); a task of your own "
+                f"given as files goes in the sweep file's tasks: as a mapping, e.g. {TASK_FORM} (docs/SWEEPS.md)")
+    try:
+        task = get_task(name)
+    except UserError:
+        raise UserError(f"unknown task {name!r}; {accepted}") from None
+    if task.custom:  # known in this process from a run's files, but a sweep's trial needs its files
+        raise UserError(f"task {name!r} is not a GLUE task; {accepted}")
+    return task.name
+
+
+def task_entry(entry: dict) -> tuple[str, dict]:
+    """A task of the user's, ``{name, train_file, validation_file, [test_file, text_columns, label_column, id_column,
+    task_type, main_metric]}``: its name and its trials' RunConfig settings (checked again by ``RunConfig``)."""
+    unknown = sorted((k for k in entry if k not in TASK_KEYS), key=str)
+    if unknown:
+        raise UserError(f"sweep key 'tasks' has a task with unknown key {unknown[0]!r}; accepted: "
+                        f"{', '.join(TASK_KEYS)} (name, train_file and validation_file required)")
+    name = entry.get("name")
+    if name is None:
+        raise UserError(f"sweep key 'tasks' has a task without a name: {entry!r}; accepted: a mapping with name, "
+                        f"train_file and validation_file, e.g. {TASK_FORM}")
+    if not isinstance(name, str):
+        raise UserError(f"sweep key 'tasks' has a task named {name!r}; accepted: a name (text) of 1 to 64 letters, "
+                        "digits, '_', '.' or '-'")
+    try:
+        glue = get_task(name)
+    except UserError:
+        glue = None
+    if glue is not None and not glue.custom:
+        raise UserError(f"sweep key 'tasks' has task {name!r} with files, but {name!r} is GLUE's {glue.glue_name}; "
+                        f"accepted: the name alone (- {glue.name}) for GLUE's data, or a name of your own for your "
+                        f"files (e.g. {name}_files)")
+    check_user_task_name(name)
+    missing = [k for k in ("train_file", "validation_file") if entry.get(k) is None]
+    if missing:
+        raise UserError(f"task {name!r} in the sweep's tasks has no {missing[0]}; accepted: a task given as files "
+                        f"needs train_file and validation_file, e.g. {TASK_FORM}")
+    settings = {}
+    for key in TASK_KEYS[1:]:
+        value = entry.get(key)
+        if value is None:
+            continue
+        if key == "text_columns":
+            value = as_list(value, f"tasks.{name}.text_columns")
+            if not 1 <= len(value) <= 2 or not all(isinstance(v, str) and v for v in value):
+                raise UserError(f"task {name!r} in the sweep's tasks has text_columns {entry[key]!r}; accepted: one "
+                                "column name, or a list of two (a pair)")
+        elif not isinstance(value, str) or not value.strip():
+            what = "a file path" if key in FILE_KEYS else "a column name" if key.endswith("_column") else "a name"
+            raise UserError(f"task {name!r} in the sweep's tasks has {key} {value!r}; accepted: {what} (text)")
+        settings[key] = value
+    task_type = RunConfig.__dataclass_fields__["task_type"].metadata["choices"]
+    if settings.get("task_type") not in (None, *task_type):
+        raise UserError(f"task {name!r} in the sweep's tasks has task_type {settings['task_type']!r}; accepted: "
+                        f"{' or '.join(task_type)}")
+    ranking = [m for m in CLASSIFICATION_METRICS + REGRESSION_METRICS if m not in LOWER_IS_BETTER]
+    if settings.get("main_metric") not in (None, *ranking):
+        raise UserError(f"task {name!r} in the sweep's tasks has main_metric {settings['main_metric']!r}; accepted: "
+                        f"{', '.join(CLASSIFICATION_METRICS[:-1])} or {CLASSIFICATION_METRICS[-1]} (classification), "
+                        f"{' or '.join(m for m in REGRESSION_METRICS if m in ranking)} (regression)")
+    # its test file is predicted: --predict-test on the runs that have one, and only on those
+    settings["predict_test"] = settings.get("test_file") is not None
+    settings["data_dir"] = None  # GLUE's folder is for the GLUE tasks of the sweep
+    return name, settings
 
 
 def epochs_value(value, key: str) -> int:
@@ -229,7 +329,8 @@ def expand(sweep: Sweep) -> list[Trial]:
 
 
 def _trial(sweep: Sweep, mg: MethodGrid, task: str, lr: str, seed: int, size: int | None, path: Path) -> Trial:
-    settings = dict(sweep.settings, task_name=task, fine_tune_type=mg.method.fine_tune_type,
+    settings = dict(sweep.settings, **sweep.task_files.get(task, {}), task_name=task,
+                    fine_tune_type=mg.method.fine_tune_type,
                     bias_terms=list(mg.method.bias_terms) if mg.method.bias_terms else None,
                     learning_rate=float(lr), seed=seed, max_train_samples=size, output_path=str(path))
     if mg.epochs is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..metrics import baseline_answer
 from ..report.groups import group_name, select
 from ..report.runs import Skipped, read_run, shown_path
-from .driver import Outcome
+from .driver import Outcome, define_run_tasks
 
 
 def _baseline(g) -> tuple[float, str] | None:
@@ -47,11 +47,16 @@ def group_line(g) -> str:
 
 
 def best_rate_lines(paths: list[Path]) -> list[str]:
-    """One line per (model, size, task, method) group among the complete runs of ``paths``."""
-    runs = [r for p in paths if p.is_dir() for r in [read_run(p, shown_path(p))] if not isinstance(r, Skipped)]
+    """One line per (model, size, task, method) group among the complete runs of ``paths``. A task of the user's is
+    known here from its runs' config.json (``task_definition``), never from its files."""
+    folders = [p for p in paths if p.is_dir()]
+    unknown = define_run_tasks(folders)  # before read_run, which looks the task up by name
+    runs = [r for p in folders if p not in unknown for r in [read_run(p, shown_path(p))] if not isinstance(r, Skipped)]
     if not runs:
-        return ["best learning rates: no complete run yet"]
+        return ["best learning rates: no complete run yet"] + [f"  left out: {shown_path(p)}: {why}"
+                                                               for p, why in unknown.items()]
     groups, left_out = select(runs)
+    left_out += [Skipped(shown_path(p), why) for p, why in unknown.items()]
     lines = ["best learning rate (dev main metric, mean over seeds, among rates above the trivial baseline):"]
     for g in sorted(groups, key=lambda g: (g.key.model, g.key.max_train_samples or 0, g.key.task, g.key.method)):
         lines.append(group_line(g))
