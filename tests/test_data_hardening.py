@@ -150,7 +150,7 @@ def run_splits(data_dir, task: str, **settings) -> dict:
     from bitfit.training.setup import load_splits
 
     cfg = RunConfig(output_path="unused", task_name=task, data_dir=str(data_dir), predict_test=True, **settings)
-    return load_splits(cfg, get_task(task))
+    return load_splits(cfg)[1]
 
 
 def test_a_training_or_dev_set_of_one_class_is_named_in_one_warning(tmp_path, caplog):

@@ -118,7 +118,7 @@ CSV_TASK = "{name: reviews, train_file: data/train.csv, validation_file: data/de
     (CSV_TASK + ", task_type: ordinal}]", "has task_type 'ordinal'; accepted: classification or regression"),
     ("rte, 3]", "sweep key 'tasks' has 3; accepted: GLUE task names, or a task of your own as a mapping"),
     ("[rte]]", "sweep key 'tasks' has ['rte']; accepted: GLUE task names"),
-    ("reviews]", "'reviews'; accepted: cola, sst2"),
+    ("reviews]", "task 'reviews' is not a GLUE task; accepted: cola, sst2"),
     (CSV_TASK + "}, " + CSV_TASK + ", label_column: stars}]", "has two tasks named 'reviews'; accepted: one entry per name"),
     ("{name: reviews, train_file: data/missing.csv, validation_file: data/dev.csv}]",
      "task 'reviews' of the sweep: --train-file 'data/missing.csv': not found"),
@@ -145,7 +145,7 @@ def test_a_bad_task_entry_is_one_line_exit_2_and_nothing_written(tasks_yaml, wor
 
 
 @pytest.mark.parametrize("argv, words", [
-    (["--tasks", "reviews"], "'reviews'; accepted: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (GLUE spellings "
+    (["--tasks", "reviews"], "task 'reviews' is not a GLUE task; accepted: cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli (GLUE spellings "
                              "such as SST-2, STS-B also work); a task of your own given as files goes in the sweep "
                              "file's tasks: as a mapping"),
     (["--tasks", "rte", "--train-file", "data/train.csv"], "setting 'train_file' (--train-file) belongs to one task of "

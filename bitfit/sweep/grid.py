@@ -188,8 +188,8 @@ def glue_task_name(name: str) -> str:
     try:
         task = get_task(name)
     except UserError:
-        raise UserError(f"unknown task {name!r}; {accepted}") from None
-    if task.custom:  # known in this process from a run's files, but a sweep's trial needs its files
+        task = None
+    if task is None or task.custom:  # one known in this process from a run's files still needs its files here
         raise UserError(f"task {name!r} is not a GLUE task; {accepted}")
     return task.name
 
