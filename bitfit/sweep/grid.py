@@ -22,10 +22,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import FILE_OPTIONS, RunConfig
+from ..config import FILE_OPTIONS, MAIN_METRICS, RunConfig
 from ..errors import UserError
 from ..methods import METHODS, check_bias_terms
-from ..tasks import CLASSIFICATION_METRICS, LOWER_IS_BETTER, REGRESSION_METRICS, TASKS, check_user_task_name, get_task
+from ..tasks import CLASSIFICATION_METRICS, REGRESSION_METRICS, TASKS, check_user_task_name, get_task
 
 # RunConfig fields a sweep sets per trial (plural on its command line, or decided from the run's state)
 PER_TRIAL = ("task_name", "fine_tune_type", "bias_terms", "learning_rate", "seed", "max_train_samples",
@@ -239,11 +239,10 @@ def task_entry(entry: dict) -> tuple[str, dict]:
     if settings.get("task_type") not in (None, *task_type):
         raise UserError(f"task {name!r} in the sweep's tasks has task_type {settings['task_type']!r}; accepted: "
                         f"{' or '.join(task_type)}")
-    ranking = [m for m in CLASSIFICATION_METRICS + REGRESSION_METRICS if m not in LOWER_IS_BETTER]
-    if settings.get("main_metric") not in (None, *ranking):
+    if settings.get("main_metric") not in (None, *MAIN_METRICS):
         raise UserError(f"task {name!r} in the sweep's tasks has main_metric {settings['main_metric']!r}; accepted: "
                         f"{', '.join(CLASSIFICATION_METRICS[:-1])} or {CLASSIFICATION_METRICS[-1]} (classification), "
-                        f"{' or '.join(m for m in REGRESSION_METRICS if m in ranking)} (regression)")
+                        f"{' or '.join(m for m in REGRESSION_METRICS if m in MAIN_METRICS)} (regression)")
     # its test file is predicted: --predict-test on the runs that have one, and only on those
     settings["predict_test"] = settings.get("test_file") is not None
     settings["data_dir"] = None  # GLUE's folder is for the GLUE tasks of the sweep
