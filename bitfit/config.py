@@ -20,7 +20,8 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import UserError
-from .methods import BIAS_ROLES, DEFAULT_MASK_SPARSITY, METHOD_OPTIONS, METHODS, check_bias_terms, get_method
+from .methods import (ADDED_DEFAULTS, BIAS_ROLES, DEFAULT_MASK_SPARSITY, LINEAR_ROLES, LORA_BIAS, METHOD_OPTIONS, METHODS,
+                      check_bias_terms, get_method)
 from .tasks import (CLASSIFICATION_METRICS, LOWER_IS_BETTER, REGRESSION_METRICS, check_user_task_name,
                     get_task)
 from .trackers import REPORT_TO, missing_package
@@ -85,6 +86,20 @@ class RunConfig:
     mask_sparsity: float | None = setting(None, f"sparse_mask only: target fraction of pretrained entries set to zero "
                                           f"(default: {DEFAULT_MASK_SPARSITY})",
                                           check=Range(0, 1 - 1e-12, "0 <= sparsity < 1"))
+    lora_rank: int | None = setting(None, f"lora only: rank r of each update (default: {ADDED_DEFAULTS['lora_rank']})",
+                                    check=ints(1, 1 << 16))
+    lora_alpha: float | None = setting(None, f"lora only: scaling alpha; updates are scaled by alpha / r (default: "
+                                       f"{ADDED_DEFAULTS['lora_alpha']:g})", check=Range(0, 1e6, "0 < alpha <= 1e6",
+                                                                                           open_low=True))
+    lora_dropout: float | None = setting(None, "lora only: dropout on the LoRA branch's input (default: 0)",
+                                         check=Range(0, 1 - 1e-12, "0 <= dropout < 1"))
+    lora_targets: list[str] | None = setting(None, "lora only: the projections that get updates, by role (default: "
+                                             "query value). Roles: " + ", ".join(LINEAR_ROLES), metavar="ROLE")
+    lora_bias: str | None = setting(None, "lora only: PEFT's bias option: none, all (every bias of the encoder trains "
+                                    "too: LoRA + BitFit), lora_only (the biases of the targeted projections)",
+                                    choices=LORA_BIAS)
+    adapter_size: int | None = setting(None, f"adapters only: bottleneck width of each adapter (default: "
+                                       f"{ADDED_DEFAULTS['adapter_size']})", check=ints(1, 1 << 16))
     gpu_device: int | None = setting(None, "CUDA device index (default: the first GPU if there is one, else the CPU)",
                                      "-d", check=ints(0, 1 << 20))
     cpu: bool = setting(False, "run on the CPU even if a GPU is available")
@@ -230,6 +245,15 @@ class RunConfig:
             raise UserError(f"fine-tune type 'layers' needs --layers; accepted: {LAYERS_ACCEPTED}")
         if method.name == "sparse_mask" and self.mask_sparsity is None:
             self.mask_sparsity = DEFAULT_MASK_SPARSITY
+        for option, default in ADDED_DEFAULTS.items():
+            if METHOD_OPTIONS[option] == method.name and getattr(self, option) is None:
+                setattr(self, option, list(default) if isinstance(default, list) else default)
+        if self.lora_targets is not None:
+            bad = [t for t in self.lora_targets if t not in LINEAR_ROLES]
+            if bad or not self.lora_targets:
+                raise UserError(f"unknown LoRA target {bad[0] if bad else '(none)'!r}; accepted: one or more of "
+                                f"{', '.join(LINEAR_ROLES)}")
+            self.lora_targets = list(dict.fromkeys(self.lora_targets))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 from . import io, preflight
-from .policies import sparse
+from .policies import added, sparse
 from .policies.anatomy import head_names, layer_of
 from .config import check_settings
 from .errors import UserError
@@ -137,6 +137,9 @@ def _trainable_by(policy: str, name: str, part: Part) -> bool:
         return part.kind == ENTRIES or (policy == "rand_uniform" and part.kind == WHOLE and part.tensor.dim() <= 1)
     if policy == "sparse_mask":
         return part.kind == MASK
+    if METHODS[policy].adds:  # its modules' tensors; LoRA's biases (--lora-bias), the adapters' LayerNorms
+        extra = {"lora": lambda t: name.endswith(".bias") and t.dim() == 1, "adapters": lambda t: t.dim() == 1}
+        return part.kind == WHOLE and (added.is_added(name) or extra.get(policy, lambda t: False)(part.tensor))
     return False  # frozen: nothing outside the head
 
 
@@ -164,10 +167,27 @@ def check_shape(name: str, got, want, where: str = "delta") -> None:
         raise UserError(f"{where}: tensor {name!r} has shape {tuple(got)}; accepted: {tuple(want)} (another model size?)")
 
 
+def attach_modules(model: torch.nn.Module, tensors: dict[str, torch.Tensor], policy: str | None,
+                   config: dict | None, where: str = "delta") -> list[str]:
+    """For a delta of an added-module method (lora, ia3, adapters): put the same modules into ``model`` as the run
+    did (rebuilt from its settings ``config``); returns their parameter names ([] for other methods)."""
+    if policy is None or policy not in METHODS or not METHODS[policy].adds:
+        return []
+    addition = added.trim(added.addition_for(model, policy, config or {}), tensors)
+    names = added.attach(model, addition)
+    missing = sorted(set(names) - set(tensors))
+    if missing:
+        raise UserError(f"{where}: has no {missing[0]!r} (of {len(missing)} added tensors missing); accepted: a delta "
+                        f"holding every tensor of its {policy} modules")
+    return names
+
+
 def apply_tensors(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: str = "delta",
-                  policy: str | None = None) -> None:
-    """Apply a delta's tensors to a freshly loaded base model in place (masks become plain zeros)."""
-    params = dict(model.named_parameters())
+                  policy: str | None = None, config: dict | None = None) -> None:
+    """Apply a delta's tensors to a freshly loaded base model in place (masks become plain zeros; an added-module
+    method's modules are put in first, see ``attach_modules``)."""
+    attach_modules(model, tensors, policy, config, where)
+    params = {added.canonical(n): p for n, p in model.named_parameters()}
     parts = parse(tensors, params, where, policy, set(head_names(model)))
     with torch.no_grad():
         for name, part in parts.items():
@@ -435,7 +455,7 @@ def load(d: Delta | str | os.PathLike, base: str | None = None, trust_remote_cod
     with quiet_base_loading():
         model, new_params = load_model(name, d.task, trust_remote_code)
     check_base(d, model, fingerprint(model, new_params), name)
-    apply_tensors(model, d.tensors, where=f"delta {d.path}", policy=d.policy)
+    apply_tensors(model, d.tensors, where=f"delta {d.path}", policy=d.policy, config=d.config)
     model.eval()
     return model, load_tokenizer(name, trust_remote_code)
 
@@ -456,9 +476,12 @@ def merge(d: Delta | str | os.PathLike, out: str | os.PathLike, base: str | None
     Files appear whole: they are written to a temp folder beside ``out``, then moved in.
     """
     d = as_delta(d, allow_unverified)
+    if d.policy == "adapters":
+        raise UserError(added.MERGE_REFUSED)
     out = Path(out)
     preflight.check_output_folder(str(out), overwrite)
     model, tokenizer = load(d, base, trust_remote_code)
+    added.merge(model)  # LoRA / IA3: PEFT folds them into the weights; nothing for other methods
     try:
         _write_merged(d, model, tokenizer, out, base)
     except OSError as e:  # a full disk or read-only file system: one line, exit 74; nothing half-moved in

@@ -28,6 +28,7 @@ class Method:
     options: tuple[str, ...] = ()  # RunConfig fields only this method reads; other methods refuse them
     takes_layers: bool = True  # whether --layers restricts it
     flop_factor: int = 2  # forward-sized matmul passes per step: 3 full (weight grads), 2 input grads only, 1 frozen
+    adds: bool = False  # adds modules of its own to the encoder (bitfit.policies.added); they train, the rest frozen
 
 
 # In the paper's row order (the report's tables follow it).
@@ -42,9 +43,22 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "or --rand-budget)", options=("rand_budget",)),
     Method("rand_row_col", "random", "one random row or column of every encoder weight matrix"),
     Method("frozen", "whole", "nothing but the head", takes_layers=False, flop_factor=1),
+    Method("lora", "added", "PEFT's LoRA: low-rank updates of the --lora-targets projections (query, value); "
+           "--lora-bias all adds BitFit's biases", options=("lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
+                                                           "lora_bias"), adds=True),
+    Method("ia3", "added", "PEFT's IA3: learned scalings of the key and value projections and the feed-forward "
+           "output's input", adds=True),
+    Method("adapters", "added", "Houlsby bottleneck adapters (--adapter-size) after the attention output and the "
+           "feed-forward output of every layer, plus the LayerNorms", options=("adapter_size",), adds=True),
 )}
 
 DEFAULT_MASK_SPARSITY = 0.01  # sparse_mask's --mask-sparsity when none is given
+# The added-module methods' defaults: LoRA as the LoRA paper's GLUE runs on RoBERTa (rank 8, alpha 8, query and
+# value; Hu et al. 2022, Table 9), Houlsby adapters at size 64 (Houlsby et al. 2019 pick 8, 64 or 256 per task).
+ADDED_DEFAULTS = {"lora_rank": 8, "lora_alpha": 8.0, "lora_dropout": 0.0, "lora_targets": ["query", "value"],
+                  "lora_bias": "none", "adapter_size": 64}
+LORA_BIAS = ("none", "all", "lora_only")  # PEFT's LoraConfig.bias
+LINEAR_ROLES = ("query", "key", "value", "attention_output", "intermediate", "output")  # what --lora-targets accepts
 
 # Settings that belong to one method (each appears in exactly one Method.options).
 METHOD_OPTIONS: dict[str, str] = {opt: m.name for m in METHODS.values() for opt in m.options}
@@ -83,6 +97,15 @@ def method_label(cfg: dict) -> str:
     if kind == "sparse_mask":
         sparsity = cfg.get("mask_sparsity")
         extras.append(f"sparsity {DEFAULT_MASK_SPARSITY if sparsity is None else sparsity:g}")
+    if kind == "lora":
+        options = {k: cfg.get(k) if cfg.get(k) is not None else v for k, v in ADDED_DEFAULTS.items() if k.startswith("lora")}
+        extras.append(f"r {options['lora_rank']}")
+        if options["lora_targets"] != ADDED_DEFAULTS["lora_targets"]:
+            extras.append(", ".join(options["lora_targets"]))
+        if options["lora_bias"] != "none":
+            extras.append(f"bias {options['lora_bias']}")
+    if kind == "adapters":
+        extras.append(f"size {cfg.get('adapter_size') or ADDED_DEFAULTS['adapter_size']}")
     if cfg.get("layers"):
         extras.append("layers " + " ".join(map(str, cfg["layers"])))
     return kind + (f" ({'; '.join(extras)})" if extras else "")

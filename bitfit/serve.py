@@ -38,7 +38,7 @@ from .data import Example, collator, encode, sorted_loader
 from .config import check_settings
 from .errors import UserError
 from .models import check_max_length, load_model, load_tokenizer
-from .policies import head_names
+from .policies import added, head_names
 from .progress import progress
 from .submit import format_prediction
 from .tasks import GlueTask, get_task
@@ -75,9 +75,11 @@ class _Task:
     whole: dict[str, torch.Tensor] = field(default_factory=dict)  # encoder tensors, copied in place
     head: dict[str, torch.Tensor] = field(default_factory=dict)  # head tensors, the parameter is pointed at them
     partial: dict[str, _Sparse] = field(default_factory=dict)
+    modules: dict[str, torch.nn.Module] = field(default_factory=dict)  # lora / ia3 / adapters: swapped in by name
 
     def nbytes(self) -> int:
         ts = list(self.whole.values()) + list(self.head.values())
+        ts += [p for m in self.modules.values() for n, p in m.named_parameters() if added.is_added("." + n)]
         ts += [t for s in self.partial.values() for t in (s.index, s.values, s.base) if t is not None]
         return sum(t.numel() * t.element_size() for t in ts)
 
@@ -136,7 +138,22 @@ class Backbone:
     def _compile(self, name: str, d: deltas.Delta) -> _Task:
         t = _Task(name, d, d.task)
         where = f"delta {d.path}"
-        for pname, part in deltas.parse(d.tensors, self.params, where, d.policy, self._head_names).items():
+        # an added-module method's modules go in for the parse (their tensors are checked against them), then
+        # come out again: they are the task's own, swapped in when it is active
+        own = set(deltas.attach_modules(self.model, d.tensors, d.policy, d.config, where))
+        try:
+            params = {added.canonical(n): p for n, p in self.model.named_parameters()}
+            parts = deltas.parse(d.tensors, params, where, d.policy, self._head_names)
+            with torch.no_grad():
+                for pname in own:
+                    params[pname].requires_grad_(False)
+                    deltas.check_shape(pname, parts[pname].tensor.shape, params[pname].shape, where)
+                    params[pname].copy_(parts[pname].tensor)
+        finally:
+            t.modules = added.detach(self.model) if own else {}
+        for pname, part in parts.items():
+            if pname in own:
+                continue
             p = self.params[pname]
             if pname in self._head_names:
                 t.head[pname] = self._head_tensor(pname, part.tensor, d.task, where)
@@ -173,11 +190,13 @@ class Backbone:
         t0 = time.perf_counter()
         old, new = self.tasks.get(self.active), self.tasks.get(name)
         if old is not None:
+            added.swap_out(self.model, old.modules)
             for pname, s in old.partial.items():
                 self.params[pname].view(-1).index_copy_(0, s.index, s.base)
             restore = [n for n in old.whole if new is None or n not in new.whole]
             _copy([self.params[n] for n in restore], [self._base_whole[n] for n in restore])
         if new is not None:
+            added.swap_in(self.model, new.modules)
             _copy([self.params[n] for n in new.whole], list(new.whole.values()))
             for pname, s in new.partial.items():
                 flat = self.params[pname].view(-1)

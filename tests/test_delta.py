@@ -36,7 +36,7 @@ def synthetic_delta(base_dir: Path, path: Path, task_name: str = "rte", policy: 
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, mask in sel.trainable.items():
-            p = dict(model.named_parameters())[name]
+            p = {policies.added.canonical(n): q for n, q in model.named_parameters()}[name]
             noise = 0.5 * torch.randn(p.shape, generator=g)
             p.add_(noise if mask is None else noise * mask)
         for m in model.modules():

@@ -310,6 +310,8 @@ STEP_CASES = [
     ("full_ft", {}), ("frozen", {}), ("bitfit", {}), ("bitfit", {"bias_terms": ["query", "intermediate"], "layers": ["1"]}),
     ("layers", {"layers": ["last:1"]}), ("rand_uniform", {}), ("rand_uniform", {"rand_budget": 3000}),
     ("rand_row_col", {}), ("sparse_mask", {"mask_sparsity": 0.2}),
+    ("lora", {"lora_bias": "all"}), ("lora", {"layers": ["1"], "lora_targets": ["key", "output"]}), ("ia3", {}),
+    ("adapters", {"adapter_size": 4}),
 ]
 
 

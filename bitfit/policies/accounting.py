@@ -16,6 +16,8 @@ def groups(model: nn.Module, names: list[str], sel: Selection) -> dict[str, list
     """Table rows: bias role (or in-layer parameter) x layers, the parts outside the layers, head last."""
     head = set(head_names(model))
     roles = ARCH_ROLES.get(getattr(model.config, "model_type", None))
+    from .added import _ADDED, is_added
+
     order = {n: i for i, n in enumerate(base_sizes(model))}
     by_label: dict[str, list[str]] = {}
     layers_of: dict[str, set[int]] = {}
@@ -25,6 +27,10 @@ def groups(model: nn.Module, names: list[str], sel: Selection) -> dict[str, list
         role = role_of(rel, roles)
         if name in head:
             label = "head"
+        elif is_added(name):
+            module, _, _ = rel.partition("." + _ADDED.search(rel)[0].strip("."))
+            kind = _ADDED.search(rel)[0].strip(".")
+            label = f"{module[LAYER.search(module).end():] if LAYER.search(module) else module} {kind} (added)"
         elif role:
             label = f"{role} bias"
         elif i is None:
@@ -40,6 +46,13 @@ def groups(model: nn.Module, names: list[str], sel: Selection) -> dict[str, list
             for label, group in by_label.items()}
 
 
+def _sizes(model: nn.Module) -> dict[str, int]:
+    """Sizes of the base parameters (``base_sizes``) and of any added module's (LoRA, IA3, adapters)."""
+    from .added import is_added
+
+    return base_sizes(model) | {n: p.numel() for n, p in model.named_parameters() if is_added(n)}
+
+
 def _count(sel: Selection, sizes: dict[str, int], name: str) -> int:
     mask = sel.trainable.get(name)
     return sizes[name] if mask is None else int(mask.sum())
@@ -47,8 +60,9 @@ def _count(sel: Selection, sizes: dict[str, int], name: str) -> int:
 
 def trainable_counts(model: nn.Module, sel: Selection) -> dict[str, int]:
     """Entries trained (mask entries, for learned masks): in all, without the head, inside the
-    numbered encoder layers only (the paper's count, see ``trainable_table``); and the model total."""
-    sizes = base_sizes(model)
+    numbered encoder layers only (the paper's count, see ``trainable_table``), of them in added modules;
+    and the model total (the base model's: added modules are counted over it, as the papers do)."""
+    sizes = _sizes(model)
     head = set(head_names(model))
     names = list(sel.trainable) + sel.masked
     return {
@@ -56,7 +70,8 @@ def trainable_counts(model: nn.Module, sel: Selection) -> dict[str, int]:
         "trained_encoder": sum(_count(sel, sizes, n) for n in names if n not in head),
         "trained_in_layers": sum(_count(sel, sizes, n) for n in names
                                  if n not in head and layer_of(rel_name(model, n)) is not None),
-        "total": sum(sizes.values()),
+        "added": sum(sizes[n] for n in sel.added),
+        "total": sum(base_sizes(model).values()),
     }
 
 
@@ -68,12 +83,14 @@ def trainable_table(model: nn.Module, sel: Selection) -> str:
     with a 2-label head): the "in the encoder layers" row. Counting the embeddings LayerNorm bias
     too still rounds to 0.09%, but adding the pooler bias gives 0.0950% and the head 0.0964%.
     """
-    sizes = base_sizes(model)
+    sizes = _sizes(model)
     counts = trainable_counts(model, sel)
     total = counts["total"]
     rows = [(label, sum(_count(sel, sizes, n) for n in names)) for label, names in sel.groups.items()]
     totals = [("total trained", counts["trained"]), ("without the head", counts["trained_encoder"]),
               ("in the encoder layers (the paper's %)", counts["trained_in_layers"])]
+    if sel.added:
+        totals.append(("of which added modules", counts["added"]))
     width = max(len(label) for label, _ in rows + totals)
     line = "-" * (width + 28)
 
@@ -82,7 +99,8 @@ def trainable_table(model: nn.Module, sel: Selection) -> str:
 
     lines = [f"{sel.policy}: what trains", f"{'group':<{width}}  {'params trained':>14}  {'% of model':>10}", line]
     lines += [fmt(label, count) for label, count in rows] + [line] + [fmt(label, count) for label, count in totals]
-    lines.append(f"{'model total':<{width}}  {total:>14,}")
+    lines.append(f"{'model total':<{width}}  {total:>14,}" + ("  (the base model, without the added modules)"
+                                                                  if sel.added else ""))
     if sel.masked:
         lines.append(f"(mask) rows count mask entries learned; their pretrained weights stay frozen, "
                      f"target sparsity {sel.mask_sparsity:g}")

@@ -121,9 +121,15 @@ def linear_weights(model: nn.Module) -> list[str]:
 
 def plain_params(model: nn.Module) -> dict[str, nn.Parameter]:
     """Every parameter of the model as loaded, by its plain name: a masked weight under its own name (its
-    frozen pretrained tensor), mask scores left out."""
+    frozen pretrained tensor), mask scores and added modules (LoRA, IA3, adapters) left out, PEFT's
+    ``base_layer`` renaming undone."""
+    from .added import canonical, is_added
+
     out = {}
     for name, p in model.named_parameters():
+        if is_added(name):
+            continue
+        name = canonical(name)
         if ".parametrizations." in name:
             if not name.endswith(".original"):
                 continue

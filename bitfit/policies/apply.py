@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import sparse
+from . import added, sparse
 from .selection import Selection
 
 
@@ -55,8 +55,17 @@ class Guard:
 
 
 def apply(model: nn.Module, sel: Selection) -> Guard:
-    """Make ``model`` train exactly what ``sel`` chose; returns the Guard the loop must call."""
-    params = dict(model.named_parameters())
+    """Make ``model`` train exactly what ``sel`` chose; returns the Guard the loop must call.
+
+    An added-module method's modules go in first (``added.attach``): their parameters train whole, and
+    base tensors are named by their plain names whatever PEFT's wrapping calls them."""
+    if sel.addition is not None and not sel.added:
+        sel.added = added.attach(model, sel.addition)
+        sel.trainable.update({n: None for n in sel.added})
+        from .accounting import groups
+
+        sel.groups.update(groups(model, sel.added, sel))
+    params = {added.canonical(n): p for n, p in model.named_parameters()}
     unknown = [n for n in list(sel.trainable) + sel.masked if n not in params]
     if unknown:
         raise ValueError(f"selection names parameters this model does not have: {', '.join(unknown[:5])}")

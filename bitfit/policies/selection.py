@@ -19,6 +19,8 @@ class Selection:
     notes: anything the user should be told (e.g. which layers ``auto:K`` picked).
     masked: weights whose binary mask is learned (``sparse_mask``); the weights themselves stay frozen.
     mask_sparsity: target fraction of zeros of those masks.
+    addition: the modules an added-module method puts in (``added.Addition``); ``apply`` attaches them and
+        adds their parameters (whole) to ``trainable``, their names to ``added``.
     """
 
     policy: str
@@ -27,6 +29,8 @@ class Selection:
     notes: list[str] = field(default_factory=list)
     masked: list[str] = field(default_factory=list)
     mask_sparsity: float = 0.0
+    addition: object = None
+    added: list[str] = field(default_factory=list)
 
 
 def with_head(model: nn.Module, names) -> dict[str, torch.Tensor | None]:

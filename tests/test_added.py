@@ -1,0 +1,229 @@
+"""Methods that add modules (lora and ia3 through PEFT, Houlsby adapters): what trains, the start table, deltas,
+merge, the serving backbone, the command line, two gloo processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bitfit import delta, policies
+from bitfit.__main__ import main
+from bitfit.config import RunConfig
+from bitfit.data import Example
+from bitfit.models import load_model
+from bitfit.policies import added
+from bitfit.serve import Backbone
+from bitfit.tasks import get_task
+from conftest import REPO, accelerate_launch
+from test_cli import make_glue_dir, read_jsonl, run_cli
+from test_delta import batch, logits
+from test_policies import cfg, model, train
+from test_serve import PAIRS, fresh_logits, served_logits
+
+CASES = [("lora", {"lora_bias": "all", "lora_dropout": 0.1}), ("lora", {"lora_targets": ["key", "intermediate"]}),
+         ("ia3", {}), ("adapters", {"adapter_size": 4})]
+
+
+@pytest.mark.parametrize("arch", ["bert", "roberta"])
+@pytest.mark.parametrize("policy,kw", CASES)
+def test_added_parameters_train_the_base_stays_and_requires_grad_is_the_selection(arch, policy, kw):
+    m = model(arch)
+    sel = policies.select(m, cfg(policy, **kw))
+    policies.apply(m, sel)
+    assert sel.added and all(added.is_added(n) for n in sel.added)
+    trains = {added.canonical(n) for n, p in m.named_parameters() if p.requires_grad}
+    assert trains == set(sel.trainable) and set(sel.added) <= trains
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    train(m, sel, steps=4)  # apply() again is a no-op: the modules are in once
+    assert {n for n, _ in m.named_parameters()} == set(before)
+    for n, p in m.named_parameters():
+        if added.canonical(n) in sel.trainable:
+            assert (p != before[n]).float().mean() > 0.9, f"{n} trains but (mostly) did not move"
+        else:
+            assert torch.equal(p, before[n]), f"{n} is frozen but moved"
+
+
+def test_start_table_counts_the_added_parameters_over_the_base_model():
+    m = model("bert")
+    base_total = sum(p.numel() for p in m.parameters())
+    sel = policies.select(m, cfg("lora", lora_rank=3))
+    policies.apply(m, sel)
+    h, layers = m.config.hidden_size, m.config.num_hidden_layers
+    lora = layers * 2 * 3 * (h + h)  # query and value, A (r x h) and B (h x r) each
+    counts = policies.trainable_counts(m, sel)
+    assert counts["added"] == lora and counts["trained_in_layers"] == lora and counts["total"] == base_total
+    table = policies.trainable_table(m, sel)
+    assert "attention.self.query lora_A (added) · layers 0-1" in table
+    assert any(line.startswith("of which added modules") and f"{lora:,}" in line for line in table.splitlines())
+    assert "(the base model, without the added modules)" in table
+
+
+def test_houlsby_adapters_of_size_64_on_bert_large_are_the_paper_count():
+    """Houlsby et al. train 3.6% of BERT-large's parameters on average over tasks, with sizes 8, 64 or 256 per task;
+    size 64 is 2 x 24 adapters of (2 x 1024 x 64 + 64 + 1024) plus the 48 LayerNorms: 1.92%; size 256: 7.53%."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    with torch.device("meta"):
+        big = BertForSequenceClassification(BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                                       intermediate_size=4096))
+    sel = policies.select(big, cfg("adapters", adapter_size=64))
+    policies.apply(big, sel)
+    counts = policies.trainable_counts(big, sel)
+    assert counts["added"] == 24 * 2 * (2 * 1024 * 64 + 64 + 1024) == 6_343_680
+    assert counts["trained_in_layers"] == 6_343_680 + 24 * 2 * 2 * 1024
+    assert round(100 * counts["trained_in_layers"] / counts["total"], 2) == 1.92
+
+
+def save_trained(base_dir: Path, path: Path, task_name: str, policy: str, seed: int = 0, **kw):
+    """A delta as a run writes it, after a few real optimizer steps; returns (path, the trained model)."""
+    task = get_task(task_name)
+    torch.manual_seed(seed)
+    m, fresh = load_model(str(base_dir), task)
+    fp = delta.fingerprint(m, fresh)
+    rc = RunConfig(output_path=str(path.parent), task_name=task_name, model_name=str(base_dir), fine_tune_type=policy,
+                   verbose=False, **kw)
+    sel = policies.select(m, rc)
+    guard = policies.apply(m, sel)
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=5e-2)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(3):
+        ids = torch.randint(5, m.config.vocab_size - 1, (4, 7), generator=g)
+        labels = torch.rand(4, generator=g) if task.is_regression else torch.randint(0, task.num_labels, (4,), generator=g)
+        m(input_ids=ids, labels=labels).loss.backward()
+        opt.step(), opt.zero_grad(), guard.after_step()
+    delta.save(path, m, sel, fresh, rc, task, epoch=1, base_fp=fp)
+    return path, m.eval()
+
+
+@pytest.mark.parametrize("policy,kw", [("lora", {"lora_bias": "all"}), ("lora", {"layers": ["1"]}), ("ia3", {}),
+                                       ("adapters", {"adapter_size": 4})])
+def test_delta_holds_the_added_tensors_and_loads_to_the_same_model(tmp_path, tiny_bert_dir, policy, kw):
+    path, trained = save_trained(tiny_bert_dir, tmp_path / "d" / "delta.safetensors", "rte", policy, **kw)
+    d = delta.read(path)
+    added_names = [n for n in d.tensors if added.is_added(n)]
+    assert added_names and sorted(added_names) == sorted(n for n, _ in trained.named_parameters() if added.is_added(n))
+    assert not any(".base_layer." in n for n in d.tensors)  # base tensors under their plain names
+    assert d.config["fine_tune_type"] == policy
+    loaded, _ = delta.load(d)
+    inputs = batch(trained)
+    assert torch.equal(logits(loaded, inputs), logits(trained, inputs))
+    # a delta of one added-module method is refused as another's: its tensors do not fit what that method trains
+    tensors = dict(d.tensors)
+    other = "bitfit" if policy != "bitfit" else "lora"
+    fresh, _ = load_model(str(tiny_bert_dir), get_task("rte"))
+    with pytest.raises(Exception, match="does not fit this model|is not something policy"):
+        delta.apply_tensors(fresh, tensors, policy=other, config={})
+
+
+@pytest.mark.parametrize("policy,kw", [("lora", {"lora_bias": "lora_only", "lora_alpha": 32.0}), ("ia3", {})])
+def test_merged_lora_and_ia3_folders_are_plain_models_predicting_as_the_delta(tmp_path, tiny_bert_dir, policy, kw):
+    from transformers import AutoModelForSequenceClassification
+
+    path, _ = save_trained(tiny_bert_dir, tmp_path / "d" / "delta.safetensors", "rte", policy, **kw)
+    applied, _ = delta.load(path)
+    assert main(["merge", str(path.parent), "-o", str(tmp_path / "merged"), "--no-verbose"]) == 0
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
+    base, _ = load_model(str(tiny_bert_dir), get_task("rte"))
+    assert set(merged.state_dict()) == set(base.state_dict())  # no LoRA / IA3 tensor left: folded in
+    changed = [n for n in base.state_dict() if not torch.equal(base.state_dict()[n], merged.state_dict()[n])]
+    assert any(n.endswith("query.weight" if policy == "lora" else "key.weight") for n in changed)
+    inputs = batch(applied)
+    a, m = logits(applied, inputs), logits(merged, inputs)
+    assert torch.equal(a.argmax(-1), m.argmax(-1)) and torch.allclose(a, m, rtol=0, atol=1e-5)
+    assert not torch.allclose(logits(base, inputs), a, atol=1e-3)  # the delta did change the predictions
+
+
+def test_merging_adapters_is_refused_in_one_line_and_writes_nothing(tmp_path, tiny_bert_dir, capsys):
+    path, _ = save_trained(tiny_bert_dir, tmp_path / "d" / "delta.safetensors", "rte", "adapters", adapter_size=4)
+    assert main(["merge", str(path), "-o", str(tmp_path / "merged"), "--no-verbose"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "adapters cannot be merged into a plain Hugging Face model" in err
+    assert not (tmp_path / "merged").exists()
+
+
+def test_backbone_switches_bitfit_lora_ia3_and_adapter_tasks_bit_exactly(tiny_bert_dir, tmp_path):
+    specs = {"B": ("rte", "bitfit", {}), "L": ("stsb", "lora", {"lora_bias": "all"}), "I": ("mnli", "ia3", {}),
+             "A": ("mrpc", "adapters", {"adapter_size": 4}), "L2": ("rte", "lora", {"lora_rank": 2})}
+    paths = {k: save_trained(tiny_bert_dir, tmp_path / k / "delta.safetensors", t, p, seed=i, **kw)[0]
+             for i, (k, (t, p, kw)) in enumerate(specs.items())}
+    bb = Backbone(str(tiny_bert_dir))
+    base = {n: p.detach().clone() for n, p in bb.model.named_parameters() if not n.startswith("classifier")}
+    modules = {n: m for n, m in bb.model.named_modules()}
+    for k, p in paths.items():
+        bb.add(k, p)
+    assert {n: p.detach() for n, p in bb.model.named_parameters() if n in base}.keys() == base.keys()
+    fresh = {k: fresh_logits(p, PAIRS) for k, p in paths.items()}
+    for k in ["B", "L", "B", "I", "A", "L2", "L", "A", "I", "B", "L2"]:
+        assert torch.equal(served_logits(bb, k, PAIRS), fresh[k]), k
+    bb.activate(None)
+    assert {n: m for n, m in bb.model.named_modules()} == modules  # the original projections are back
+    for n, p in bb.model.named_parameters():
+        if n in base:
+            assert torch.equal(p, base[n]), n
+    assert all(s < 1.0 for _, _, s in bb.switches)
+    memory = bb.memory()
+    assert memory["task:B"] < memory["task:L"] and memory["task:I"] < memory["task:A"]
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory) -> Path:
+    return make_glue_dir(tmp_path_factory.mktemp("glue"))
+
+
+@pytest.mark.parametrize("policy,flags", [("lora", ["--lora-rank", "4", "--lora-bias", "all"]),
+                                          ("adapters", ["--adapter-size", "8"])])
+def test_runs_write_deltas_that_predict_what_the_run_wrote(tmp_path, glue_dir, tiny_bert_dir, capsys, policy, flags):
+    out = tmp_path / "run"
+    assert run_cli("-t", "rte", "-f", policy, *flags, "-m", tiny_bert_dir, "-o", out, "--data-dir", glue_dir, "-e", 2,
+                   "-l", "1e-2", "--predict-test", "--no-verbose") == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["trainable_params"] > res["trainable_params_in_layers"] > 0
+    conf = json.loads((out / "config.json").read_text())["config"]
+    assert conf["fine_tune_type"] == policy and (conf["lora_rank"] == 4 if policy == "lora" else conf["adapter_size"] == 8)
+    assert main(["predict", "--delta", str(out), "--input", str(glue_dir / "RTE" / "test.tsv"), "-o",
+                 str(tmp_path / "p.tsv"), "--no-verbose"]) == 0
+    assert (tmp_path / "p.tsv").read_text() == (out / "RTE.tsv").read_text()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["-f", "bitfit", "--lora-rank", "4"], "--lora-rank is read only by fine-tune type 'lora'"),
+    (["-f", "lora", "--adapter-size", "4"], "--adapter-size is read only by fine-tune type 'adapters'"),
+    (["-f", "lora", "--lora-targets", "query", "pooler"], "unknown LoRA target 'pooler'; accepted: one or more of query, key, value"),
+    (["-f", "lora", "--lora-rank", "0"], "lora rank 0 is out of range; accepted: an integer from 1"),
+    (["-f", "lora", "--lora-bias", "some"], "--lora-bias: invalid choice: 'some' (choose from 'none', 'all', 'lora_only')"),
+    (["-f", "adapters", "--adapter-size", "-3"], "adapter size -3 is out of range"),
+    (["-f", "ia3", "--lora-alpha", "4"], "--lora-alpha is read only by fine-tune type 'lora'"),
+])
+def test_bad_options_are_one_line_and_write_nothing(tmp_path, glue_dir, tiny_bert_dir, capsys, argv, message):
+    out = tmp_path / "run"
+    assert run_cli("-t", "rte", *argv, "-m", tiny_bert_dir, "-o", out, "--data-dir", glue_dir, "--no-verbose") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_two_gloo_processes_train_adapters_as_one_process_does(tmp_path, glue_dir, tiny_bert_dir):
+    common = ["-t", "rte", "-f", "adapters", "--adapter-size", "4", "-m", str(tiny_bert_dir), "--data-dir",
+              str(glue_dir), "-e", "2", "-l", "1e-2", "--predict-test", "--no-group-by-length", "--no-verbose"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    two = subprocess.run([*accelerate_launch(2), str(REPO / "run_glue.py"), *common, "-b", "4", "-o",
+                          str(tmp_path / "two")], capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, str(REPO / "run_glue.py"), *common, "-b", "8", "-o", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["num_processes"] == 2
+    a, b = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
+    assert [(r["epoch"], r["split"], r.get("accuracy")) for r in a] == [(r["epoch"], r["split"], r.get("accuracy")) for r in b]
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5, abs=1e-6)
+    da, db = delta.read(tmp_path / "one"), delta.read(tmp_path / "two")
+    assert da.tensors.keys() == db.tensors.keys()
+    for k in da.tensors:
+        assert torch.allclose(da.tensors[k], db.tensors[k], rtol=1e-4, atol=1e-6), k
