@@ -84,6 +84,11 @@ REGIMES: dict[str, Regime] = {
                          "(every example padded to --max-seq-length)", peer="trainer", pad=True),
     "hf_trainer_best": Regime("bitfit", "the same Trainer at its best (dynamic padding, group_by_length)",
                               peer="trainer"),
+    "lora": Regime("lora", "LoRA (PEFT's layers; rank 8, alpha 8 on query and value), this tool's loop"),
+    "ia3": Regime("ia3", "IA3 (PEFT's layers on key, value and the feed-forward output), this tool's loop"),
+    "adapters": Regime("adapters", "Houlsby adapters of size 64 and the LayerNorms, this tool's loop"),
+    "peft_lora_trainer": Regime("lora", "the peer users would pick: PEFT's get_peft_model (LoRA, the same rank, "
+                                "alpha and targets, task SEQ_CLS) under transformers' Trainer", peer="peft"),
     "original": Regime("bitfit", "the original BitFit recipe (pad to --max-seq-length, plain batches, Adam, "
                        "evaluate the training set every epoch)", peer="original", pad=True),
 }
@@ -231,8 +236,15 @@ def prepare(s: Settings, name: str, device) -> Prepared:
     model, new_params = load_model(cfg.model_name, task, attention_dropout=cfg.attention_dropout)
     if s.random_init:  # speed does not depend on the weights: a random model of the same shape
         model = type(model)(model.config)
-    sel = policies.select(model, cfg)
-    policies.apply(model, sel)
+    if regime.peer == "peft":  # PEFT's own wrapping, as its docs show it: the head trains as modules_to_save
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                                                 lora_dropout=cfg.lora_dropout, target_modules=["query", "value"]))
+        sel = None
+    else:
+        sel = policies.select(model, cfg)
+        policies.apply(model, sel)
     model.to(device)
     if not regime.peer and cfg.fast_cpu_ops and not cfg.compile and torch.device(device).type == "cpu":
         fastops.install(model)
@@ -351,7 +363,7 @@ def measure(s: Settings, name: str) -> dict:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             baseline = _memory_now_mb(device)
-            seconds = (_trainer_seconds if regime.peer == "trainer" else _loop_seconds if regime.peer
+            seconds = (_trainer_seconds if regime.peer in ("trainer", "peft") else _loop_seconds if regime.peer
                        else _run_seconds)(run or p, regime, train, device, s.precision)
             peak = peak_memory_mb(device)  # less the baseline: what training itself added
         finally:
@@ -488,9 +500,9 @@ def _checkpoint_bytes(p: Prepared, regime: Regime) -> int:
         elif regime.peer == "original":
             path = Path(tmp, "model.pt")
             torch.save(p.model, path)  # the original pickled the whole model into its evaluator
-        else:
+        else:  # the Trainer's model folder; PEFT's: its adapter folder
             p.model.save_pretrained(tmp)
-            path = Path(tmp, "model.safetensors")
+            path = Path(tmp, "adapter_model.safetensors" if regime.peer == "peft" else "model.safetensors")
         return path.stat().st_size
 
 

@@ -31,11 +31,19 @@ class Method:
     adds: bool = False  # adds modules of its own to the encoder (bitfit.policies.added); they train, the rest frozen
 
 
-# In the paper's row order (the report's tables follow it).
+# In the papers' row order (the report's tables follow it): Table 1's full fine-tuning, Adapters, BitFit (with
+# LoRA and IA3, the modern rows, beside it), then Table 2's and 3's comparators.
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("full_ft", "whole", "everything", flop_factor=3),
+    Method("adapters", "added", "Houlsby bottleneck adapters (--adapter-size) after the attention output and the "
+           "feed-forward output of every layer, plus the LayerNorms", options=("adapter_size",), adds=True),
     Method("bitfit", "bias", "the encoder's bias terms (--bias-terms narrows them to roles) and the pooler bias",
            options=("bias_terms",)),
+    Method("lora", "added", "PEFT's LoRA: low-rank updates of the --lora-targets projections (query, value); "
+           "--lora-bias all adds BitFit's biases", options=("lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
+                                                           "lora_bias"), adds=True),
+    Method("ia3", "added", "PEFT's IA3: learned scalings of the key and value projections and the feed-forward "
+           "output's input", adds=True),
     Method("layers", "whole", "every parameter of the --layers only", flop_factor=3),
     Method("sparse_mask", "sparse", "a binary mask over the encoder's weight matrices (--mask-sparsity zeros); "
            "weights never change", options=("mask_sparsity",)),
@@ -43,13 +51,6 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "or --rand-budget)", options=("rand_budget",)),
     Method("rand_row_col", "random", "one random row or column of every encoder weight matrix"),
     Method("frozen", "whole", "nothing but the head", takes_layers=False, flop_factor=1),
-    Method("lora", "added", "PEFT's LoRA: low-rank updates of the --lora-targets projections (query, value); "
-           "--lora-bias all adds BitFit's biases", options=("lora_rank", "lora_alpha", "lora_dropout", "lora_targets",
-                                                           "lora_bias"), adds=True),
-    Method("ia3", "added", "PEFT's IA3: learned scalings of the key and value projections and the feed-forward "
-           "output's input", adds=True),
-    Method("adapters", "added", "Houlsby bottleneck adapters (--adapter-size) after the attention output and the "
-           "feed-forward output of every layer, plus the LayerNorms", options=("adapter_size",), adds=True),
 )}
 
 DEFAULT_MASK_SPARSITY = 0.01  # sparse_mask's --mask-sparsity when none is given

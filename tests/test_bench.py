@@ -37,6 +37,20 @@ def test_python_m_bitfit_bench_writes_table_json_and_chart(tmp_path, tiny_bert_d
     assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_added_module_regimes_and_peft_under_the_trainer_are_measured(tmp_path, tiny_bert_dir):
+    data = make_glue_dir(tmp_path / "glue")
+    s = bench.Settings(model=str(tiny_bert_dir), data_dir=str(data), task="rte", steps=2, reps=1, batch_size=4,
+                       max_seq_length=64, device="cpu", out=str(tmp_path / "bench"))
+    rows = {name: bench.measure(s, name) for name in ("lora", "adapters", "peft_lora_trainer")}
+    for row in rows.values():
+        assert row["samples_per_s"] > 0 and row["checkpoint_bytes"] > 0
+    # the same LoRA tensors either way (rank 8 on query and value of 2 layers), ours in a delta with its metadata
+    # and the head, PEFT's in its adapter file
+    lora_bytes = 2 * 2 * 8 * (32 + 32) * 4
+    assert rows["peft_lora_trainer"]["checkpoint_bytes"] > lora_bytes and rows["lora"]["checkpoint_bytes"] > lora_bytes
+    assert rows["adapters"]["checkpoint_bytes"] > rows["lora"]["checkpoint_bytes"]
+
+
 def test_regimes_are_methods_of_the_registry():
     for name, regime in bench.REGIMES.items():
         assert regime.method in METHODS, name
@@ -66,7 +80,7 @@ def test_recorded_command_parses_back_to_the_same_settings(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--steps", "0"], "steps 0 is out of range"),
-    (["--regimes", "bitfit", "lora"], "invalid choice: 'lora'"),
+    (["--regimes", "bitfit", "qlora"], "invalid choice: 'qlora'"),
     (["--task", "squad"], "unknown task"),
 ])
 def test_bad_settings_get_one_line_and_exit_2(argv, message, capsys):

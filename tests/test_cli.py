@@ -151,7 +151,7 @@ def _bad_tsv(root: Path, body: str) -> Path:
 
 BAD_INPUTS = {
     "unknown task": (["-t", "imdb"], "unknown task 'imdb'; accepted: cola, sst2"),
-    "unknown fine-tune type": (["-f", "lora"], "invalid choice: 'lora'"),
+    "unknown fine-tune type": (["-f", "qlora"], "invalid choice: 'qlora'"),
     "unknown bias term": (["--bias-terms", "query", "attn"], "unknown bias term 'attn'; accepted: query, key, value"),
     "learning rate": (["-l", "5"], "learning rate 5.0 is out of range; accepted: 0 < lr <= 1"),
     "zero learning rate": (["-l", "0"], "learning rate 0.0 is out of range"),
