@@ -86,6 +86,8 @@ REGIMES: dict[str, Regime] = {
                               peer="trainer"),
     "lora": Regime("lora", "LoRA (PEFT's layers; rank 8, alpha 8 on query and value), this tool's loop"),
     "ia3": Regime("ia3", "IA3 (PEFT's layers on key, value and the feed-forward output), this tool's loop"),
+    "diff_prune": Regime("diff_prune", "Diff-Pruning's search phase (every encoder entry gated, L0 penalty), "
+                         "this tool's loop"),
     "adapters": Regime("adapters", "Houlsby adapters of size 64 and the LayerNorms, this tool's loop"),
     "peft_lora_trainer": Regime("lora", "the peer users would pick: PEFT's get_peft_model (LoRA, the same rank, "
                                 "alpha and targets, task SEQ_CLS) under transformers' Trainer", peer="peft"),
@@ -291,7 +293,8 @@ def started_run(s: Settings, name: str, device, out: Path):
     regime = REGIMES[name]
     cfg = RunConfig(output_path=str(out), task_name=s.task, model_name=s.model, fine_tune_type=regime.method,
                     max_seq_length=s.max_seq_length, data_dir=s.data_dir, batch_size=s.batch_size,
-                    max_train_samples=s.max_train_samples, precision=s.precision, tf32=s.tf32, epochs=1,
+                    max_train_samples=s.max_train_samples, precision=s.precision, tf32=s.tf32,
+                    epochs=2 if regime.method == "diff_prune" else 1,  # diff_prune: searching in the timed epoch 1
                     verbose=False, **({"cpu": True} if device.type == "cpu" else {"gpu_device": device.index or 0}),
                     **regime.settings)
     su = prepare_run(cfg)

@@ -222,6 +222,8 @@ def _from_meta(folder: Path, meta: dict) -> TrainState:
 def check_params(st: TrainState, trainable: dict[str, torch.Tensor], run_dir: Path) -> None:
     """The checkpoint's tensors are exactly this run's trainable tensors: names, shapes, finite values."""
     for label, tensors in (("trainable", st.params), ("best", st.best_params)):
+        if label == "best" and st.best is None and not tensors:  # no epoch may be best yet (diff_prune's search)
+            continue
         if set(tensors) != set(trainable):
             odd = sorted(set(tensors) ^ set(trainable))[:3]
             raise UserError(f"checkpoint in {str(run_dir)!r} holds other {label} tensors than this run trains "

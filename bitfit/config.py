@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import UserError
-from .methods import (ADDED_DEFAULTS, BIAS_ROLES, DEFAULT_MASK_SPARSITY, LINEAR_ROLES, LORA_BIAS, METHOD_OPTIONS, METHODS,
+from .methods import (ADDED_DEFAULTS, BIAS_ROLES, DEFAULT_MASK_SPARSITY, DIFF_DEFAULTS, LINEAR_ROLES, LORA_BIAS, METHOD_OPTIONS, METHODS,
                       check_bias_terms, get_method)
 from .tasks import (CLASSIFICATION_METRICS, LOWER_IS_BETTER, REGRESSION_METRICS, check_user_task_name,
                     get_task)
@@ -100,6 +100,12 @@ class RunConfig:
                                     choices=LORA_BIAS)
     adapter_size: int | None = setting(None, f"adapters only: bottleneck width of each adapter (default: "
                                        f"{ADDED_DEFAULTS['adapter_size']})", check=ints(1, 1 << 16))
+    diff_sparsity: float | None = setting(None, f"diff_prune only: fraction of the encoder's entries whose difference "
+                                          f"is kept after the search (default: {DIFF_DEFAULTS['diff_sparsity']})",
+                                          check=Range(0, 1, "0 < sparsity <= 1", open_low=True))
+    diff_search_epochs: int | None = setting(None, "diff_prune only: epochs of the L0 search before the projection "
+                                             "(default: half of --epochs); the rest train the kept differences",
+                                             check=ints(1, 10_000))
     gpu_device: int | None = setting(None, "CUDA device index (default: the first GPU if there is one, else the CPU)",
                                      "-d", check=ints(0, 1 << 20))
     cpu: bool = setting(False, "run on the CPU even if a GPU is available")
@@ -248,6 +254,15 @@ class RunConfig:
         for option, default in ADDED_DEFAULTS.items():
             if METHOD_OPTIONS[option] == method.name and getattr(self, option) is None:
                 setattr(self, option, list(default) if isinstance(default, list) else default)
+        if method.name == "diff_prune":
+            if self.diff_sparsity is None:
+                self.diff_sparsity = DIFF_DEFAULTS["diff_sparsity"]
+            if self.diff_search_epochs is None:
+                self.diff_search_epochs = max(1, self.epochs // 2)
+            if self.diff_search_epochs >= self.epochs:
+                raise UserError(f"diff_prune searches for {self.diff_search_epochs} epoch(s) and then trains the kept "
+                                f"differences, so -e/--epochs {self.epochs} is too few; accepted: --epochs of at least "
+                                f"{self.diff_search_epochs + 1} (or fewer --diff-search-epochs)")
         if self.lora_targets is not None:
             bad = [t for t in self.lora_targets if t not in LINEAR_ROLES]
             if bad or not self.lora_targets:

@@ -89,6 +89,16 @@ def encode(model: torch.nn.Module, sel) -> dict[str, torch.Tensor]:
                 idx = mask.flatten().nonzero().flatten().to(torch.int64)
                 out[f"{name}::indices"] = idx
                 out[f"{name}::values"] = t.flatten()[idx].clone()
+        if sel.diffed:  # diff_prune: the kept entries, as partly trained tensors
+            from .policies import diff
+
+            gates = diff.gates(model)
+            for name in sel.diffed:
+                t = _tensor(model, name).detach().to("cpu")
+                idx = gates[name].log_alpha.detach().to("cpu").flatten().gt(0).nonzero().flatten().to(torch.int64)
+                if idx.numel():
+                    out[f"{name}::indices"] = idx
+                    out[f"{name}::values"] = t.flatten()[idx].clone()
         masks = sparse.masks(model)
         for name in sel.masked:
             out[f"{name}::maskbits"] = sparse.pack_bits(masks[name])
@@ -137,6 +147,8 @@ def _trainable_by(policy: str, name: str, part: Part) -> bool:
         return part.kind == ENTRIES or (policy == "rand_uniform" and part.kind == WHOLE and part.tensor.dim() <= 1)
     if policy == "sparse_mask":
         return part.kind == MASK
+    if policy == "diff_prune":
+        return part.kind == ENTRIES
     if METHODS[policy].adds:  # its modules' tensors; LoRA's biases (--lora-bias), the adapters' LayerNorms
         extra = {"lora": lambda t: name.endswith(".bias") and t.dim() == 1, "adapters": lambda t: t.dim() == 1}
         return part.kind == WHOLE and (added.is_added(name) or extra.get(policy, lambda t: False)(part.tensor))

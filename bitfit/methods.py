@@ -37,6 +37,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("full_ft", "whole", "everything", flop_factor=3),
     Method("adapters", "added", "Houlsby bottleneck adapters (--adapter-size) after the attention output and the "
            "feed-forward output of every layer, plus the LayerNorms", options=("adapter_size",), adds=True),
+    Method("diff_prune", "diff", "Diff-Pruning: a gated difference over the encoder's tensors with an L0 penalty for "
+           "--diff-search-epochs, then only the --diff-sparsity largest differences train", flop_factor=3,
+           options=("diff_sparsity", "diff_search_epochs")),
     Method("bitfit", "bias", "the encoder's bias terms (--bias-terms narrows them to roles) and the pooler bias",
            options=("bias_terms",)),
     Method("lora", "added", "PEFT's LoRA: low-rank updates of the --lora-targets projections (query, value); "
@@ -58,6 +61,8 @@ DEFAULT_MASK_SPARSITY = 0.01  # sparse_mask's --mask-sparsity when none is given
 # value; Hu et al. 2022, Table 9), Houlsby adapters at size 64 (Houlsby et al. 2019 pick 8, 64 or 256 per task).
 ADDED_DEFAULTS = {"lora_rank": 8, "lora_alpha": 8.0, "lora_dropout": 0.0, "lora_targets": ["query", "value"],
                   "lora_bias": "none", "adapter_size": 64}
+# Diff-Pruning: the paper's 0.5% target; the search epochs default to half the run (the paper: 3 of 3 + 3)
+DIFF_DEFAULTS = {"diff_sparsity": 0.005}
 LORA_BIAS = ("none", "all", "lora_only")  # PEFT's LoraConfig.bias
 LINEAR_ROLES = ("query", "key", "value", "attention_output", "intermediate", "output")  # what --lora-targets accepts
 
@@ -105,6 +110,8 @@ def method_label(cfg: dict) -> str:
             extras.append(", ".join(options["lora_targets"]))
         if options["lora_bias"] != "none":
             extras.append(f"bias {options['lora_bias']}")
+    if kind == "diff_prune":
+        extras.append(f"sparsity {cfg.get('diff_sparsity') or DIFF_DEFAULTS['diff_sparsity']:g}")
     if kind == "adapters":
         extras.append(f"size {cfg.get('adapter_size') or ADDED_DEFAULTS['adapter_size']}")
     if cfg.get("layers"):

@@ -15,7 +15,6 @@ import torch
 from bitfit import delta, policies
 from bitfit.__main__ import main
 from bitfit.config import RunConfig
-from bitfit.data import Example
 from bitfit.models import load_model
 from bitfit.policies import added
 from bitfit.serve import Backbone
@@ -149,7 +148,8 @@ def test_merging_adapters_is_refused_in_one_line_and_writes_nothing(tmp_path, ti
 
 def test_backbone_switches_bitfit_lora_ia3_and_adapter_tasks_bit_exactly(tiny_bert_dir, tmp_path):
     specs = {"B": ("rte", "bitfit", {}), "L": ("stsb", "lora", {"lora_bias": "all"}), "I": ("mnli", "ia3", {}),
-             "A": ("mrpc", "adapters", {"adapter_size": 4}), "L2": ("rte", "lora", {"lora_rank": 2})}
+             "A": ("mrpc", "adapters", {"adapter_size": 4}), "L2": ("rte", "lora", {"lora_rank": 2}),
+             "D": ("rte", "diff_prune", {"diff_sparsity": 0.05, "epochs": 2})}
     paths = {k: save_trained(tiny_bert_dir, tmp_path / k / "delta.safetensors", t, p, seed=i, **kw)[0]
              for i, (k, (t, p, kw)) in enumerate(specs.items())}
     bb = Backbone(str(tiny_bert_dir))

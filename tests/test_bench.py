@@ -41,7 +41,7 @@ def test_added_module_regimes_and_peft_under_the_trainer_are_measured(tmp_path, 
     data = make_glue_dir(tmp_path / "glue")
     s = bench.Settings(model=str(tiny_bert_dir), data_dir=str(data), task="rte", steps=2, reps=1, batch_size=4,
                        max_seq_length=64, device="cpu", out=str(tmp_path / "bench"))
-    rows = {name: bench.measure(s, name) for name in ("lora", "adapters", "peft_lora_trainer")}
+    rows = {name: bench.measure(s, name) for name in ("lora", "adapters", "peft_lora_trainer", "diff_prune")}
     for row in rows.values():
         assert row["samples_per_s"] > 0 and row["checkpoint_bytes"] > 0
     # the same LoRA tensors either way (rank 8 on query and value of 2 layers), ours in a delta with its metadata

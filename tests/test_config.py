@@ -55,7 +55,7 @@ def test_bad_numbers_are_refused_with_what_is_accepted(field, value, accepted):
 
 
 def test_unknown_choices_name_what_is_accepted():
-    with pytest.raises(UserError, match="unknown fine-tune type 'bitfitt'; accepted: full_ft, bitfit, layers"):
+    with pytest.raises(UserError, match="unknown fine-tune type 'bitfitt'; accepted: full_ft, adapters, diff_prune, bitfit, lora, ia3, layers"):
         make(fine_tune_type="bitfitt")
     with pytest.raises(UserError, match="unknown optimizer 'sgd'; accepted: adamw, adam"):
         make(optimizer="sgd")

@@ -311,7 +311,7 @@ STEP_CASES = [
     ("layers", {"layers": ["last:1"]}), ("rand_uniform", {}), ("rand_uniform", {"rand_budget": 3000}),
     ("rand_row_col", {}), ("sparse_mask", {"mask_sparsity": 0.2}),
     ("lora", {"lora_bias": "all"}), ("lora", {"layers": ["1"], "lora_targets": ["key", "output"]}), ("ia3", {}),
-    ("adapters", {"adapter_size": 4}),
+    ("adapters", {"adapter_size": 4}), ("diff_prune", {"diff_sparsity": 0.05}),
 ]
 
 

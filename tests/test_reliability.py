@@ -70,11 +70,11 @@ def strip_times(rows):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
-@pytest.mark.parametrize("policy", ["full_ft", "bitfit", "rand_uniform", "lora", "adapters"])
+@pytest.mark.parametrize("policy", ["full_ft", "bitfit", "rand_uniform", "lora", "adapters", "diff_prune"])
 def test_interrupted_then_resumed_equals_uninterrupted_bit_for_bit(policy, tmp_path, dropout_model_dir, glue_dir,
                                                                    monkeypatch):
     options = {"rand_uniform": {"rand_budget": 300}, "lora": {"lora_dropout": 0.1, "lora_bias": "all"},
-               "adapters": {"adapter_size": 4}}  # LoRA's own dropout: its random stream must resume too
+               "adapters": {"adapter_size": 4}, "diff_prune": {"diff_sparsity": 0.05}}  # LoRA's own dropout: its random stream must resume too
     kw = {"fine_tune_type": policy, **options.get(policy, {})}
     whole = run(cfg(tmp_path / "whole", dropout_model_dir, glue_dir, **kw))
 

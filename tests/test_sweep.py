@@ -55,11 +55,12 @@ def test_presets_hold_the_papers_grids():
 
     assert (count("table2"), count("table3"), count("data-size"), count("bias-change")) == (192, 768, 216, 2)
     t1 = expand(Sweep.from_dict(preset("table1"), out="o"))
-    assert len(t1) == 8 * (4 + 3 + 4 + 2) * 3
+    assert len(t1) == 8 * (4 + 2 + 3 + 4 + 2) * 3
     grids = {}
     for t in t1:
         grids.setdefault(t.settings["fine_tune_type"], set()).add((t.settings["learning_rate"], t.settings["epochs"]))
     assert grids == {"full_ft": {(r, 3) for r in (1e-5, 2e-5, 3e-5, 5e-5)}, "adapters": {(r, 20) for r in (3e-5, 3e-4, 3e-3)},
+                     "diff_prune": {(1e-5, 6), (5e-5, 6)},
                      "bitfit": {(r, 16) for r in (1e-4, 4e-4, 7e-4, 1e-3)}, "lora": {(4e-4, 30), (5e-4, 30)}}
     t2 = expand(Sweep.from_dict(preset("table2"), out="o"))
     full = [t for t in t2 if t.settings["fine_tune_type"] == "full_ft"]

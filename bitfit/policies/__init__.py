@@ -14,6 +14,7 @@ One module per family of methods (``bitfit.methods.METHODS[name].family``):
     bias.py        bitfit (--bias-terms roles)
     random.py      rand_uniform, rand_row_col
     sparse.py      sparse_mask: learned binary masks over frozen weights
+    diff.py        diff_prune: a gated, L0-searched difference, then its largest entries
     added.py       lora, ia3 (PEFT), adapters (Houlsby): modules added to the encoder
     apply.py       apply(model, sel) -> Guard: the one place a choice is enforced
     accounting.py  counts and the start-of-run table
@@ -33,7 +34,7 @@ from torch import nn
 from ..config import LAYERS_ACCEPTED, LayerSpec
 from ..errors import UserError
 from ..methods import METHODS
-from . import added, bias, random, sparse, whole
+from . import added, bias, diff, random, sparse, whole
 from .accounting import groups, trainable_counts, trainable_table
 from .anatomy import head_names, num_layers
 from .apply import Guard, apply
@@ -42,7 +43,7 @@ from .selection import Selection
 SELECTORS: dict[str, Callable] = {
     "full_ft": whole.full_ft, "frozen": whole.frozen, "layers": whole.layers, "bitfit": bias.bitfit,
     "rand_uniform": random.rand_uniform, "rand_row_col": random.rand_row_col, "sparse_mask": sparse.sparse_mask,
-    **added.SELECTORS,
+    "diff_prune": diff.diff_prune, **added.SELECTORS,
 }
 assert set(SELECTORS) == set(METHODS), "bitfit.methods.METHODS and policies.SELECTORS disagree"
 

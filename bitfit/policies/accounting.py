@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .anatomy import ARCH_ROLES, LAYER, POOLER_BIAS, base_sizes, head_names, layer_of, ranges, rel_name, role_of
+from .anatomy import _ADDED, ARCH_ROLES, LAYER, POOLER_BIAS, base_sizes, head_names, is_added, layer_of, ranges, rel_name, role_of
 from .selection import Selection
 
 
@@ -16,8 +16,6 @@ def groups(model: nn.Module, names: list[str], sel: Selection) -> dict[str, list
     """Table rows: bias role (or in-layer parameter) x layers, the parts outside the layers, head last."""
     head = set(head_names(model))
     roles = ARCH_ROLES.get(getattr(model.config, "model_type", None))
-    from .added import _ADDED, is_added
-
     order = {n: i for i, n in enumerate(base_sizes(model))}
     by_label: dict[str, list[str]] = {}
     layers_of: dict[str, set[int]] = {}
@@ -48,9 +46,14 @@ def groups(model: nn.Module, names: list[str], sel: Selection) -> dict[str, list
 
 def _sizes(model: nn.Module) -> dict[str, int]:
     """Sizes of the base parameters (``base_sizes``) and of any added module's (LoRA, IA3, adapters)."""
-    from .added import is_added
-
     return base_sizes(model) | {n: p.numel() for n, p in model.named_parameters() if is_added(n)}
+
+
+def diff_budget(sizes: dict[str, int], sel: Selection) -> int:
+    """diff_prune: the differences kept after the search (the paper's count), 0 for other methods."""
+    import math
+
+    return math.floor(sel.diff_sparsity * sum(sizes[n] for n in sel.diffed) + 1e-9) if sel.diffed else 0
 
 
 def _count(sel: Selection, sizes: dict[str, int], name: str) -> int:
@@ -65,11 +68,13 @@ def trainable_counts(model: nn.Module, sel: Selection) -> dict[str, int]:
     sizes = _sizes(model)
     head = set(head_names(model))
     names = list(sel.trainable) + sel.masked
+    kept = diff_budget(sizes, sel)
+    in_layers = all(layer_of(rel_name(model, n)) is not None for n in sel.diffed)
     return {
-        "trained": sum(_count(sel, sizes, n) for n in names),
-        "trained_encoder": sum(_count(sel, sizes, n) for n in names if n not in head),
+        "trained": sum(_count(sel, sizes, n) for n in names) + kept,
+        "trained_encoder": sum(_count(sel, sizes, n) for n in names if n not in head) + kept,
         "trained_in_layers": sum(_count(sel, sizes, n) for n in names
-                                 if n not in head and layer_of(rel_name(model, n)) is not None),
+                                 if n not in head and layer_of(rel_name(model, n)) is not None) + kept * in_layers,
         "added": sum(sizes[n] for n in sel.added),
         "total": sum(base_sizes(model).values()),
     }
@@ -87,6 +92,8 @@ def trainable_table(model: nn.Module, sel: Selection) -> str:
     counts = trainable_counts(model, sel)
     total = counts["total"]
     rows = [(label, sum(_count(sel, sizes, n) for n in names)) for label, names in sel.groups.items()]
+    if sel.diffed:
+        rows.insert(0, (f"difference kept ({sel.diff_sparsity:g} of {len(sel.diffed)} tensors)", diff_budget(sizes, sel)))
     totals = [("total trained", counts["trained"]), ("without the head", counts["trained_encoder"]),
               ("in the encoder layers (the paper's %)", counts["trained_in_layers"])]
     if sel.added:
@@ -101,6 +108,9 @@ def trainable_table(model: nn.Module, sel: Selection) -> str:
     lines += [fmt(label, count) for label, count in rows] + [line] + [fmt(label, count) for label, count in totals]
     lines.append(f"{'model total':<{width}}  {total:>14,}" + ("  (the base model, without the added modules)"
                                                                   if sel.added else ""))
+    if sel.diffed:
+        lines.append(f"the difference is searched over every entry of those tensors for {sel.diff_search_epochs} "
+                     "epoch(s) (L0 penalty), then only the kept entries train")
     if sel.masked:
         lines.append(f"(mask) rows count mask entries learned; their pretrained weights stay frozen, "
                      f"target sparsity {sel.mask_sparsity:g}")

@@ -37,7 +37,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..methods import ADDED_DEFAULTS
-from .anatomy import POOLER_BIAS, encoder_params, in_scope, ranges, rel_name, roles_for
+from .anatomy import POOLER_BIAS, canonical, encoder_params, in_scope, is_added, ranges, rel_name, roles_for
 from .selection import Selection, with_head
 
 ADAPTER_INIT_STD = 1e-3
@@ -45,19 +45,6 @@ IA3_TARGETS = ("key", "value", "output")  # (IA)^3 (Liu et al. 2022): keys, valu
 IA3_FEEDFORWARD = ("output",)  # scaled on its input: the feed-forward's inner activation
 ADAPTER_TARGETS = ("attention_output", "output")
 ADAPTER_LAYERNORMS = ("attention_layernorm", "output_layernorm")
-
-_ADDED = re.compile(r"\.(?:lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector|ia3_l|adapter)(?:\.|$)")
-
-
-def is_added(name: str) -> bool:
-    """Whether a parameter name belongs to a module one of these methods added (not to the base model)."""
-    return bool(_ADDED.search(name))
-
-
-def canonical(name: str) -> str:
-    """A base parameter's plain name under PEFT's wrapping (``query.base_layer.bias`` -> ``query.bias``)."""
-    return name.replace(".base_layer.", ".")
-
 
 @dataclass
 class Addition:

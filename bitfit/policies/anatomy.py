@@ -119,12 +119,24 @@ def linear_weights(model: nn.Module) -> list[str]:
             if isinstance(mod, nn.Linear) and f"{m}.".startswith(prefix)]
 
 
+# Parameters of modules the added-module methods put in (bitfit.policies.added): LoRA's, IA3's, the adapters'
+_ADDED = re.compile(r"\.(?:lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector|ia3_l|adapter)(?:\.|$)")
+
+
+def is_added(name: str) -> bool:
+    """Whether a parameter name belongs to a module one of these methods added (not to the base model)."""
+    return bool(_ADDED.search(name))
+
+
+def canonical(name: str) -> str:
+    """A base parameter's plain name under PEFT's wrapping (``query.base_layer.bias`` -> ``query.bias``)."""
+    return name.replace(".base_layer.", ".")
+
+
 def plain_params(model: nn.Module) -> dict[str, nn.Parameter]:
     """Every parameter of the model as loaded, by its plain name: a masked weight under its own name (its
     frozen pretrained tensor), mask scores and added modules (LoRA, IA3, adapters) left out, PEFT's
     ``base_layer`` renaming undone."""
-    from .added import canonical, is_added
-
     out = {}
     for name, p in model.named_parameters():
         if is_added(name):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import added, sparse
+from . import added, diff, sparse
 from .selection import Selection
 
 
@@ -25,6 +25,35 @@ class Guard:
     def __init__(self):
         self._partial: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]] = []  # (param, mask, frozen copy)
         self._hooks = []
+        self.diff: diff.DiffGroup | None = None  # diff_prune's gates
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called before each epoch (1-based): diff_prune searches until its projection, then keeps its mask."""
+        if self.diff is not None:
+            self.diff.start_epoch(epoch)
+
+    def penalty(self):
+        """What the loss gains besides the task's (diff_prune's L0 penalty while searching), or None."""
+        return None if self.diff is None else self.diff.penalty()
+
+    def end_epoch(self, epoch: int) -> int | None:
+        """After epoch ``epoch``'s evaluation: diff_prune's projection after its last search epoch (returns the
+        entries kept), else None."""
+        if self.diff is not None and epoch == self.diff.search_epochs:
+            return self.diff.project()
+        return None
+
+    def eligible(self, epoch: int) -> bool:
+        """Whether epoch ``epoch`` may be the run's best (diff_prune: not while its difference is dense)."""
+        return self.diff is None or epoch > self.diff.search_epochs
+
+    def param_groups(self, model: nn.Module, lr: float) -> list:
+        """The optimizer's parameter groups: diff_prune's gates train at their own rate, without weight decay."""
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if self.diff is None:
+            return [p for _, p in named]
+        return [{"params": [p for n, p in named if not diff.is_alpha(n)]},
+                {"params": [p for n, p in named if diff.is_alpha(n)], "lr": diff.ALPHA_LR, "weight_decay": 0.0}]
 
     def _add(self, param: nn.Parameter, mask: torch.Tensor) -> None:
         mask = mask.to(param.device)
@@ -77,4 +106,6 @@ def apply(model: nn.Module, sel: Selection) -> Guard:
             guard._add(p, mask)
     if sel.masked:
         sparse.attach(model, sel.masked, sel.mask_sparsity)
+    if sel.diffed:
+        guard.diff = diff.attach(model, sel.diffed, sel.diff_sparsity, sel.diff_search_epochs)
     return guard

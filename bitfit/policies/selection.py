@@ -30,6 +30,9 @@ class Selection:
     masked: list[str] = field(default_factory=list)
     mask_sparsity: float = 0.0
     addition: object = None
+    diffed: list[str] = field(default_factory=list)  # diff_prune: tensors that get a gated difference
+    diff_sparsity: float = 0.0
+    diff_search_epochs: int = 0
     added: list[str] = field(default_factory=list)
 
 

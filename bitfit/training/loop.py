@@ -169,7 +169,7 @@ def start(su: Setup, started: float) -> Training:
                                            **loader_options(cfg.num_workers, accelerator.device))
     eval_names = [s.name for s in su.task.dev_splits] + (["train"] if cfg.eval_train else [])
     eval_dls = {n: _eval_loader(su, n) for n in eval_names}
-    optimizer = make_optimizer(cfg, params, accelerator.device)  # the params are still on the CPU here
+    optimizer = make_optimizer(cfg, guard.param_groups(model, cfg.learning_rate), accelerator.device)  # the params are still on the CPU here
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
     if accelerator.num_processes > 1:  # each process its own dropout stream (seed + rank); one process: as ever
         from accelerate.utils import set_seed
@@ -244,6 +244,7 @@ def train_epoch(tr: Training, epoch: int, interrupt: checkpoint.Interrupt) -> tu
     # (several, behind BatchSamplerShard): set both, so the order depends on (seed, epoch) alone
     tr.train_dl.set_epoch(epoch)
     tr.sampler.set_epoch(epoch)
+    tr.guard.start_epoch(epoch)
     t0 = shown = time.perf_counter()
     totals = torch.zeros(2, dtype=torch.float64, device=tr.accelerator.device)  # read only to show or at the end
     seen = 0
@@ -283,7 +284,8 @@ def _step(tr: Training, batch: dict, epoch: int, interrupt: checkpoint.Interrupt
             # several processes check together, at the same steps; one alone acts on a signal at once
             if tr.unchecked >= cfg.check_every or (tr.interrupted and accelerator.num_processes == 1):
                 _check(tr, epoch)
-        accelerator.backward(loss)
+        penalty = tr.guard.penalty()  # diff_prune's L0 term: trained, never part of the loss shown
+        accelerator.backward(loss if penalty is None else loss + penalty)
         if accelerator.sync_gradients and cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_(tr.params, cfg.max_grad_norm)
         tr.optimizer.step()
@@ -359,7 +361,11 @@ def end_epoch(tr: Training, epoch: int, rows: list[dict], seen: int, seconds: fl
     """Track the best epoch, log the epoch, write metrics.jsonl and the checkpoint."""
     st, task = tr.st, tr.su.task
     main = dev_main(task, rows)
-    improved = st.best is None or main > st.best["main"]
+    kept = tr.guard.end_epoch(epoch)  # diff_prune's projection, before this epoch's checkpoint holds the state
+    if kept is not None and tr.accelerator.is_main_process:
+        log.info("diff_prune: after the search (epoch %d), %s differences kept; the best epoch is chosen among "
+                 "epochs %d-%d", epoch, f"{kept:,}", epoch + 1, tr.cfg.epochs)
+    improved = tr.guard.eligible(epoch) and (st.best is None or main > st.best["main"])
     trainable_now = {n: p.detach().to("cpu", copy=True) for n, p in tr.named.items() if p.requires_grad}
     if improved:
         st.best, st.best_params = {"epoch": epoch, "main": main, "rows": rows[1:]}, trainable_now
