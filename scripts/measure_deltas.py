@@ -33,6 +33,11 @@ POLICIES = [  # (label, fine_tune_type, extra RunConfig fields)
     ("sparse_mask (1% of Linear weights)", "sparse_mask", {"mask_sparsity": 0.01}),
     ("layers last:1", "layers", {"layers": ["last:1"]}),
     ("full_ft", "full_ft", {}),
+    ("lora (r 8, query value)", "lora", {}),
+    ("lora, --lora-bias all", "lora", {"lora_bias": "all"}),
+    ("ia3", "ia3", {}),
+    ("adapters, size 64", "adapters", {}),
+    ("diff_prune 0.5%", "diff_prune", {"epochs": 2}),
 ]
 GLUE9 = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"]
 
@@ -57,7 +62,7 @@ def make_delta(base: str, task_name: str, policy: str, path: Path, seed: int = 0
                fp: str | None = None, **kw) -> Path:
     """A delta as a run writes it: the policy's tensors moved at random, saved by ``bitfit.delta.save``."""
     from bitfit import delta, policies
-    from bitfit.policies import sparse
+    from bitfit.policies import diff, sparse
     from bitfit.config import RunConfig
     from bitfit.models import load_model
     from bitfit.tasks import get_task
@@ -69,16 +74,20 @@ def make_delta(base: str, task_name: str, policy: str, path: Path, seed: int = 0
     cfg = RunConfig(output_path=str(path.parent), task_name=task_name, model_name=base, fine_tune_type=policy,
                     verbose=False, **kw)
     sel = policies.select(model, cfg)
-    policies.apply(model, sel)
+    guard = policies.apply(model, sel)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        params = dict(model.named_parameters())
+        params = {policies.added.canonical(n): p for n, p in model.named_parameters()}
         for name, mask in sel.trainable.items():
             noise = 0.01 * torch.randn(params[name].shape, generator=g)
             params[name].add_(noise if mask is None else noise * mask)
         for m in model.modules():
             if isinstance(m, sparse.TopKMask):
                 m.scores.copy_(torch.rand(m.scores.shape, generator=g))
+            if isinstance(m, diff.DiffGate):
+                m.diff.copy_(0.01 * torch.randn(m.diff.shape, generator=g))
+    if sel.diffed:  # the search's end: the largest differences kept
+        guard.end_epoch(sel.diff_search_epochs)
     delta.save(path, model, sel, fresh, cfg, task, epoch=1, base_fp=fp)
     return path
 
@@ -110,6 +119,8 @@ def sizes(args) -> None:
         totals[name] = (sum(p.numel() for p in model.parameters()), fp_s)
         with tempfile.TemporaryDirectory() as tmp:
             for label, policy, kw in POLICIES:
+                if args.methods and policy not in args.methods:
+                    continue
                 m = copy.deepcopy(model)
                 path = make_delta(base, "rte", policy, Path(tmp) / f"{policy}.safetensors", model=m, fresh=fresh, fp=fp, **kw)
                 sel = policies.select(copy.deepcopy(model), RunConfig(output_path=tmp, task_name="rte", model_name=base,
@@ -131,15 +142,20 @@ def switch(args) -> None:
 
     base = model_dir(args.model, args.cache)
     cases = [("bitfit", "bitfit", {}, GLUE9), ("sparse_mask 1%", "sparse_mask", {"mask_sparsity": 0.01}, ["rte", "stsb"]),
-             ("rand_uniform", "rand_uniform", {}, ["rte", "stsb"]), ("full_ft", "full_ft", {}, ["rte", "stsb"])]
+             ("rand_uniform", "rand_uniform", {}, ["rte", "stsb"]), ("full_ft", "full_ft", {}, ["rte", "stsb"]),
+             ("lora", "lora", {}, GLUE9), ("ia3", "ia3", {}, GLUE9), ("adapters 64", "adapters", {}, GLUE9),
+             ("diff_prune 0.5%", "diff_prune", {"epochs": 2}, ["rte", "stsb"]),
+             ("mixed: bitfit, lora, ia3, adapters, diff_prune", None, {}, ["rte", "stsb", "mrpc", "cola", "sst2"])]
+    mixed = {"rte": ("bitfit", {}), "stsb": ("lora", {}), "mrpc": ("ia3", {}), "cola": ("adapters", {}),
+             "sst2": ("diff_prune", {"epochs": 2})}
     print(f"| deltas ({args.model}) | tasks | switches | median | p90 | max |")
     print("|---|---:|---:|---:|---:|---:|")
     for label, policy, kw, tasks in cases:
-        if policy == "full_ft" and args.skip_full:
+        if (policy == "full_ft" and args.skip_full) or (args.methods and (policy or "mixed") not in args.methods):
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            paths = [make_delta(base, t, policy, Path(tmp) / t / "delta.safetensors", seed=i, **kw)
-                     for i, t in enumerate(tasks)]
+            paths = [make_delta(base, t, policy or mixed[t][0], Path(tmp) / t / "delta.safetensors", seed=i,
+                                **(kw if policy else mixed[t][1])) for i, t in enumerate(tasks)]
             bb = Backbone.for_deltas(paths)
             bb.activate(tasks[0])
             bb.switches.clear()
@@ -216,6 +232,8 @@ def main(argv=None) -> None:
     p.add_argument("--model", default="bert-base", help="switch, memory: the backbone (minilm or bert-base)")
     p.add_argument("--switches", type=int, default=300, help="switch: task switches to time")
     p.add_argument("--skip-full", action="store_true", help="switch: leave out full_ft deltas (about 1.3 GB for bert-base)")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="sizes, switch: only these fine-tune types ('mixed': the switch case mixing five methods)")
     p.add_argument("--tasks", type=int, default=9, help="memory: number of tasks served")
     p.add_argument("--mode", choices=("backbone", "separate"), default="backbone", help=argparse.SUPPRESS)
     p.add_argument("--base", default=None, help=argparse.SUPPRESS)

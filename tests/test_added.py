@@ -176,19 +176,49 @@ def glue_dir(tmp_path_factory) -> Path:
     return make_glue_dir(tmp_path_factory.mktemp("glue"))
 
 
-@pytest.mark.parametrize("policy,flags", [("lora", ["--lora-rank", "4", "--lora-bias", "all"]),
-                                          ("adapters", ["--adapter-size", "8"])])
-def test_runs_write_deltas_that_predict_what_the_run_wrote(tmp_path, glue_dir, tiny_bert_dir, capsys, policy, flags):
-    out = tmp_path / "run"
-    assert run_cli("-t", "rte", "-f", policy, *flags, "-m", tiny_bert_dir, "-o", out, "--data-dir", glue_dir, "-e", 2,
-                   "-l", "1e-2", "--predict-test", "--no-verbose") == 0
+TINY_RUNS = {"bitfit": [], "lora": ["--lora-rank", "4", "--lora-bias", "all"], "adapters": ["--adapter-size", "8"],
+             "diff_prune": ["--diff-sparsity", "0.05"]}
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(glue_dir, tiny_bert_dir, tmp_path_factory) -> Path:
+    """One tree of real (tiny) RTE runs, one per Table 1 method, as a sweep lays them out."""
+    root = tmp_path_factory.mktemp("table1")
+    for policy, flags in TINY_RUNS.items():
+        assert run_cli("-t", "rte", "-f", policy, *flags, "-m", tiny_bert_dir, "-o", root / policy / "seed0",
+                       "--data-dir", glue_dir, "-e", 3, "-l", "1e-2", "--predict-test", "--no-verbose") == 0
+    return root
+
+
+@pytest.mark.parametrize("policy", list(TINY_RUNS))
+def test_runs_write_deltas_that_predict_and_submit_what_the_run_wrote(tiny_runs, glue_dir, tmp_path, policy):
+    import zipfile
+
+    out = tiny_runs / policy / "seed0"
     res = json.loads((out / "results.json").read_text())
-    assert res["trainable_params"] > res["trainable_params_in_layers"] > 0
+    assert res["trainable_params"] > 0 and res["status"] == "complete"
     conf = json.loads((out / "config.json").read_text())["config"]
-    assert conf["fine_tune_type"] == policy and (conf["lora_rank"] == 4 if policy == "lora" else conf["adapter_size"] == 8)
+    assert conf["fine_tune_type"] == policy
     assert main(["predict", "--delta", str(out), "--input", str(glue_dir / "RTE" / "test.tsv"), "-o",
                  str(tmp_path / "p.tsv"), "--no-verbose"]) == 0
     assert (tmp_path / "p.tsv").read_text() == (out / "RTE.tsv").read_text()
+    assert main(["submit", str(out), "-o", str(tmp_path / "s.zip"), "--data-dir", str(glue_dir), "--allow-missing"]) == 0
+    with zipfile.ZipFile(tmp_path / "s.zip") as z:
+        assert z.read("RTE.tsv").decode() == (out / "RTE.tsv").read_text()
+
+
+def test_report_puts_table_1s_methods_in_its_rows_with_their_parameter_share(tiny_runs, tmp_path):
+    assert main(["report", str(tiny_runs), "-o", str(tmp_path / "report"), "--no-deltas", "--no-verbose"]) == 0
+    table = (tmp_path / "report" / "README.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "RTE" not in line and "---" not in line]
+    labels = [r.split(" | ")[0].removeprefix("| ") for r in rows]
+    assert labels[:4] == ["adapters (size 8)", "diff_prune (sparsity 0.05)", "bitfit", "lora (r 4; bias all)"]
+    assert labels[4].startswith("trivial baseline")
+    share = {label: float(r.split(" | ")[1]) for label, r in zip(labels[:4], rows)}
+    results = {p: json.loads((tiny_runs / p / "seed0" / "results.json").read_text()) for p in TINY_RUNS}
+    assert share["bitfit"] == pytest.approx(results["bitfit"]["trainable_percent"], rel=0.01)
+    assert share["diff_prune (sparsity 0.05)"] == pytest.approx(results["diff_prune"]["trainable_percent"], rel=0.01)
+    assert share["bitfit"] < share["lora (r 4; bias all)"] < share["adapters (size 8)"]
 
 
 @pytest.mark.parametrize("argv,message", [
