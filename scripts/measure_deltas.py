@@ -123,9 +123,12 @@ def sizes(args) -> None:
                     continue
                 m = copy.deepcopy(model)
                 path = make_delta(base, "rte", policy, Path(tmp) / f"{policy}.safetensors", model=m, fresh=fresh, fp=fp, **kw)
-                sel = policies.select(copy.deepcopy(model), RunConfig(output_path=tmp, task_name="rte", model_name=base,
-                                                                      fine_tune_type=policy, **kw))
-                counts = policies.trainable_counts(model, sel)
+                counted = copy.deepcopy(model)  # applied: added modules are counted once they are in
+                sel = policies.select(counted, RunConfig(output_path=tmp, task_name="rte", model_name=base,
+                                                         fine_tune_type=policy, **kw))
+                policies.apply(counted, sel)
+                counts = policies.trainable_counts(counted, sel)
+                del counted
                 rows.setdefault(label, {})[name] = (path.stat().st_size, counts["trained"])
                 path.unlink()
                 del m

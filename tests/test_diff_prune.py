@@ -11,10 +11,14 @@ import torch
 from bitfit import delta, policies
 from bitfit.__main__ import main
 from bitfit.policies import anatomy, diff
-from test_added import glue_dir  # noqa: F401 (fixture)
-from test_cli import run_cli
+from test_cli import make_glue_dir, run_cli
 from test_delta import batch, logits
 from test_policies import cfg, model
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory):
+    return make_glue_dir(tmp_path_factory.mktemp("glue"))
 
 
 def steps(m, guard, opt, n, seed=0):
@@ -92,7 +96,7 @@ def test_search_then_projection_then_only_the_kept_differences_train(arch):
     assert torch.equal(logits(fresh, inputs), logits(m, inputs))
 
 
-def test_runs_write_a_sparse_delta_that_predicts_and_merges_as_the_run(tmp_path, glue_dir, tiny_bert_dir):  # noqa: F811
+def test_runs_write_a_sparse_delta_that_predicts_and_merges_as_the_run(tmp_path, glue_dir, tiny_bert_dir):
     from transformers import AutoModelForSequenceClassification
 
     out = tmp_path / "run"
@@ -103,8 +107,9 @@ def test_runs_write_a_sparse_delta_that_predicts_and_merges_as_the_run(tmp_path,
     conf = json.loads((out / "config.json").read_text())["config"]
     assert conf["diff_search_epochs"] == 1 and conf["diff_sparsity"] == 0.01
     d = delta.read(out)
-    kept = sum(t.numel() for k, t in d.tensors.items() if k.endswith("::indices"))
-    assert kept == res["trainable_params_encoder"] and 0 < kept <= 0.01 * res["total_params"]
+    kept = {k.partition("::")[0]: t.numel() for k, t in d.tensors.items() if k.endswith("::indices")}
+    assert sum(kept.values()) == res["trainable_params_encoder"] and 0 < sum(kept.values()) <= 0.01 * res["total_params"]
+    assert res["trainable_params_in_layers"] == sum(n for k, n in kept.items() if ".layer." in k)  # counted as kept
     assert main(["predict", "--delta", str(out), "--input", str(glue_dir / "RTE" / "test.tsv"), "-o",
                  str(tmp_path / "p.tsv"), "--no-verbose"]) == 0
     assert (tmp_path / "p.tsv").read_text() == (out / "RTE.tsv").read_text()
@@ -121,9 +126,35 @@ def test_runs_write_a_sparse_delta_that_predicts_and_merges_as_the_run(tmp_path,
     (["-f", "diff_prune", "--diff-sparsity", "0"], "diff sparsity 0.0 is out of range; accepted: 0 < sparsity <= 1"),
     (["-f", "bitfit", "--diff-sparsity", "0.01"], "--diff-sparsity is read only by fine-tune type 'diff_prune'"),
 ])
-def test_bad_options_are_one_line_and_write_nothing(tmp_path, glue_dir, tiny_bert_dir, capsys, argv, message):  # noqa: F811
+def test_bad_options_are_one_line_and_write_nothing(tmp_path, glue_dir, tiny_bert_dir, capsys, argv, message):
     out = tmp_path / "run"
     assert run_cli("-t", "rte", *argv, "-m", tiny_bert_dir, "-o", out, "--data-dir", glue_dir, "--no-verbose") == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not out.exists()
+
+
+def test_two_gloo_processes_search_project_and_write_one_sparse_delta(tmp_path, glue_dir, tiny_bert_dir):
+    """Under DDP every process draws its own gates (seed + rank), so two processes do not equal one; what must
+    hold: the run completes past the projection (the fixed gates keep a zero gradient for DDP), the delta is
+    the budget's kept entries, and it predicts what the run wrote."""
+    import os
+    import subprocess
+
+    from conftest import REPO, accelerate_launch
+
+    out = tmp_path / "two"
+    proc = subprocess.run([*accelerate_launch(2), str(REPO / "run_glue.py"), "-t", "rte", "-f", "diff_prune",
+                           "--diff-sparsity", "0.02", "-m", str(tiny_bert_dir), "--data-dir", str(glue_dir), "-e", "2",
+                           "-b", "4", "--predict-test", "--no-verbose", "-o", str(out)],
+                          capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["num_processes"] == 2
+    res = json.loads((out / "results.json").read_text())
+    d = delta.read(out)
+    kept = sum(t.numel() for k, t in d.tensors.items() if k.endswith("::indices"))
+    head = sum(t.numel() for k, t in d.tensors.items() if k.startswith("classifier."))
+    assert kept == res["trainable_params_encoder"] == math.floor(0.02 * (res["total_params"] - head) + 1e-9)
+    assert main(["predict", "--delta", str(out), "--input", str(glue_dir / "RTE" / "test.tsv"), "-o",
+                 str(tmp_path / "p.tsv"), "--no-verbose"]) == 0
+    assert (tmp_path / "p.tsv").read_text() == (out / "RTE.tsv").read_text()

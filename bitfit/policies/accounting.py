@@ -56,6 +56,23 @@ def diff_budget(sizes: dict[str, int], sel: Selection) -> int:
     return math.floor(sel.diff_sparsity * sum(sizes[n] for n in sel.diffed) + 1e-9) if sel.diffed else 0
 
 
+def _diff_kept(model: nn.Module, sizes: dict[str, int], sel: Selection) -> tuple[int, int]:
+    """diff_prune's kept differences (in all, inside the layers): counted once projected, before that the
+    budget (and its share of the entries inside the layers)."""
+    if not sel.diffed:
+        return 0, 0
+    from .diff import gates
+
+    found = gates(model)
+    if found and all(g.group.fixed for g in found.values()):
+        kept = {n: int((g.log_alpha.detach() > 0).sum()) for n, g in found.items()}
+        return sum(kept.values()), sum(k for n, k in kept.items() if layer_of(rel_name(model, n)) is not None)
+    budget = diff_budget(sizes, sel)
+    total = sum(sizes[n] for n in sel.diffed)
+    inside = sum(sizes[n] for n in sel.diffed if layer_of(rel_name(model, n)) is not None)
+    return budget, budget * inside // total if total else 0
+
+
 def _count(sel: Selection, sizes: dict[str, int], name: str) -> int:
     mask = sel.trainable.get(name)
     return sizes[name] if mask is None else int(mask.sum())
@@ -68,13 +85,12 @@ def trainable_counts(model: nn.Module, sel: Selection) -> dict[str, int]:
     sizes = _sizes(model)
     head = set(head_names(model))
     names = list(sel.trainable) + sel.masked
-    kept = diff_budget(sizes, sel)
-    in_layers = all(layer_of(rel_name(model, n)) is not None for n in sel.diffed)
+    kept, kept_in_layers = _diff_kept(model, sizes, sel)
     return {
         "trained": sum(_count(sel, sizes, n) for n in names) + kept,
         "trained_encoder": sum(_count(sel, sizes, n) for n in names if n not in head) + kept,
         "trained_in_layers": sum(_count(sel, sizes, n) for n in names
-                                 if n not in head and layer_of(rel_name(model, n)) is not None) + kept * in_layers,
+                                 if n not in head and layer_of(rel_name(model, n)) is not None) + kept_in_layers,
         "added": sum(sizes[n] for n in sel.added),
         "total": sum(base_sizes(model).values()),
     }

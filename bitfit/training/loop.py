@@ -220,6 +220,9 @@ def _resume(tr: Training) -> None:
     if tr.accelerator.scaler is not None and tr.st.scaler:
         tr.accelerator.scaler.load_state_dict(tr.st.scaler)
     _restore_rng(tr)
+    if tr.guard.diff is not None:  # diff_prune: the phase of the next epoch, and the differences kept so far
+        tr.guard.start_epoch(tr.st.epoch + 1)
+        tr.counts = policies.trainable_counts(tr.accelerator.unwrap_model(tr.model), tr.su.selection)
     log.info("resuming after epoch %d of %d (step %d)", tr.st.epoch, tr.cfg.epochs, tr.st.global_step)
 
 
@@ -362,6 +365,8 @@ def end_epoch(tr: Training, epoch: int, rows: list[dict], seen: int, seconds: fl
     st, task = tr.st, tr.su.task
     main = dev_main(task, rows)
     kept = tr.guard.end_epoch(epoch)  # diff_prune's projection, before this epoch's checkpoint holds the state
+    if kept is not None:
+        tr.counts = policies.trainable_counts(tr.accelerator.unwrap_model(tr.model), tr.su.selection)  # as kept
     if kept is not None and tr.accelerator.is_main_process:
         log.info("diff_prune: after the search (epoch %d), %s differences kept; the best epoch is chosen among "
                  "epochs %d-%d", epoch, f"{kept:,}", epoch + 1, tr.cfg.epochs)
