@@ -257,3 +257,22 @@ def test_two_gloo_processes_train_adapters_as_one_process_does(tmp_path, glue_di
     assert da.tensors.keys() == db.tensors.keys()
     for k in da.tensors:
         assert torch.allclose(da.tensors[k], db.tensors[k], rtol=1e-4, atol=1e-6), k
+
+
+def test_a_ray_sweep_over_table_1s_methods_writes_the_runs_run_glue_would(tiny_bert_dir, glue_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    rc = main(["sweep", "--tasks", "rte", "--methods", "lora", "adapters", "diff_prune", "--learning-rates", "1e-2",
+               "-e", "2", "--max-concurrent", "2", "--no-verbose", "-m", str(tiny_bert_dir), "--data-dir", str(glue_dir),
+               "-o", str(tmp_path / "out")])
+    assert rc == 0
+    base = tmp_path / "out" / tiny_bert_dir.name / "full" / "rte"
+    for method in ("lora", "adapters", "diff_prune"):
+        folder = base / method / "lr1e-2_seed0"
+        ref = tmp_path / method
+        assert run_cli("-t", "rte", "-f", method, "-l", "1e-2", "-e", 2, "-m", tiny_bert_dir, "--data-dir", glue_dir,
+                       "-o", ref, "--no-verbose") == 0
+        strip = lambda rows: [{k: v for k, v in r.items() if "second" not in k} for r in rows]  # noqa: E731
+        assert strip(read_jsonl(folder / "metrics.jsonl")) == strip(read_jsonl(ref / "metrics.jsonl")), method
+        mine, theirs = load_file(folder / "delta.safetensors"), load_file(ref / "delta.safetensors")
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), method
