@@ -110,6 +110,23 @@ def accelerate_launch(num_processes: int = 2) -> list[str]:
             "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no"]
 
 
+def two_processes_and_one(common: list[str], out: Path, batch: int = 8) -> tuple[Path, Path]:
+    """run_glue.py ``common`` twice: under two gloo processes at ``batch / 2`` each (``out/two``), and as one
+    process at ``batch`` (``out/one``): the same global batch. Returns (one, two); each must have succeeded."""
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    two = subprocess.run([*accelerate_launch(2), str(REPO / "run_glue.py"), *common, "-b", str(batch // 2), "-o",
+                          str(out / "two")], capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, str(REPO / "run_glue.py"), *common, "-b", str(batch), "-o", str(out / "one")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-3000:]
+    return out / "one", out / "two"
+
+
 def _cuda_here() -> bool:
     return torch.cuda.is_available()
 

@@ -4,9 +4,6 @@ merge, the serving backbone, the command line, two gloo processes."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,7 @@ from bitfit.models import load_model
 from bitfit.policies import added
 from bitfit.serve import Backbone
 from bitfit.tasks import get_task
-from conftest import REPO, accelerate_launch
+from conftest import two_processes_and_one
 from test_cli import make_glue_dir, read_jsonl, run_cli
 from test_delta import batch, logits
 from test_policies import cfg, model, train
@@ -229,6 +226,10 @@ def test_report_puts_table_1s_methods_in_its_rows_with_their_parameter_share(tin
     (["-f", "lora", "--lora-bias", "some"], "--lora-bias: invalid choice: 'some' (choose from 'none', 'all', 'lora_only')"),
     (["-f", "adapters", "--adapter-size", "-3"], "adapter size -3 is out of range"),
     (["-f", "ia3", "--lora-alpha", "4"], "--lora-alpha is read only by fine-tune type 'lora'"),
+    (["-f", "diff_prune", "-e", "3", "--diff-search-epochs", "3"], "-e/--epochs 3 is too few; accepted: --epochs of at least 4"),
+    (["-f", "diff_prune", "-e", "1"], "-e/--epochs 1 is too few; accepted: --epochs of at least 2"),
+    (["-f", "diff_prune", "--diff-sparsity", "0"], "diff sparsity 0.0 is out of range; accepted: 0 < sparsity <= 1"),
+    (["-f", "bitfit", "--diff-sparsity", "0.01"], "--diff-sparsity is read only by fine-tune type 'diff_prune'"),
 ])
 def test_bad_options_are_one_line_and_write_nothing(tmp_path, glue_dir, tiny_bert_dir, capsys, argv, message):
     out = tmp_path / "run"
@@ -241,13 +242,7 @@ def test_bad_options_are_one_line_and_write_nothing(tmp_path, glue_dir, tiny_ber
 def test_two_gloo_processes_train_adapters_as_one_process_does(tmp_path, glue_dir, tiny_bert_dir):
     common = ["-t", "rte", "-f", "adapters", "--adapter-size", "4", "-m", str(tiny_bert_dir), "--data-dir",
               str(glue_dir), "-e", "2", "-l", "1e-2", "--predict-test", "--no-group-by-length", "--no-verbose"]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    two = subprocess.run([*accelerate_launch(2), str(REPO / "run_glue.py"), *common, "-b", "4", "-o",
-                          str(tmp_path / "two")], capture_output=True, text=True, timeout=300, env=env)
-    assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run([sys.executable, str(REPO / "run_glue.py"), *common, "-b", "8", "-o", str(tmp_path / "one")],
-                         capture_output=True, text=True, timeout=300, env=env)
-    assert one.returncode == 0, one.stderr[-3000:]
+    two_processes_and_one(common, tmp_path)
     assert json.loads((tmp_path / "two" / "config.json").read_text())["num_processes"] == 2
     a, b = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
     assert [(r["epoch"], r["split"], r.get("accuracy")) for r in a] == [(r["epoch"], r["split"], r.get("accuracy")) for r in b]

@@ -120,20 +120,6 @@ def test_runs_write_a_sparse_delta_that_predicts_and_merges_as_the_run(tmp_path,
     assert torch.allclose(logits(applied, inputs), logits(merged, inputs), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["-f", "diff_prune", "-e", "3", "--diff-search-epochs", "3"], "-e/--epochs 3 is too few; accepted: --epochs of at least 4"),
-    (["-f", "diff_prune", "-e", "1"], "-e/--epochs 1 is too few; accepted: --epochs of at least 2"),
-    (["-f", "diff_prune", "--diff-sparsity", "0"], "diff sparsity 0.0 is out of range; accepted: 0 < sparsity <= 1"),
-    (["-f", "bitfit", "--diff-sparsity", "0.01"], "--diff-sparsity is read only by fine-tune type 'diff_prune'"),
-])
-def test_bad_options_are_one_line_and_write_nothing(tmp_path, glue_dir, tiny_bert_dir, capsys, argv, message):
-    out = tmp_path / "run"
-    assert run_cli("-t", "rte", *argv, "-m", tiny_bert_dir, "-o", out, "--data-dir", glue_dir, "--no-verbose") == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and message in err, err
-    assert not out.exists()
-
-
 def test_two_gloo_processes_search_project_and_write_one_sparse_delta(tmp_path, glue_dir, tiny_bert_dir):
     """Under DDP every process draws its own gates (seed + rank), so two processes do not equal one; what must
     hold: the run completes past the projection (the fixed gates keep a zero gradient for DDP), the delta is

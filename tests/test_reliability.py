@@ -23,7 +23,7 @@ from bitfit.config import RunConfig
 from bitfit.data import read_tsv
 from bitfit.errors import RunStopped, UserError
 from bitfit.tasks import get_task
-from conftest import REPO, accelerate_launch, tiny_config, write_bert_tokenizer
+from conftest import REPO, tiny_config, two_processes_and_one, write_bert_tokenizer
 from test_cli import make_glue_dir, read_jsonl
 from test_host_syncs import _poison_forward
 
@@ -310,13 +310,7 @@ def test_remote_code_is_not_run_unless_asked(tmp_path, tiny_bert_dir, glue_dir, 
 def test_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path, tiny_bert_dir, glue_dir):
     common = ["-t", "rte", "-f", "full_ft", "-m", str(tiny_bert_dir), "--data-dir", str(glue_dir), "-e", "2",
               "--no-group-by-length", "--predict-test", "--no-verbose"]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    two = subprocess.run([*accelerate_launch(2), str(REPO / "run_glue.py"), *common,
-                          "-b", "4", "-o", str(tmp_path / "two")], capture_output=True, text=True, timeout=300, env=env)
-    assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run([sys.executable, str(REPO / "run_glue.py"), *common, "-b", "8", "-o", str(tmp_path / "one")],
-                         capture_output=True, text=True, timeout=300, env=env)
-    assert one.returncode == 0, one.stderr[-3000:]
+    two_processes_and_one(common, tmp_path)
     assert json.loads((tmp_path / "two" / "config.json").read_text())["num_processes"] == 2
     a, b = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
     assert [(r["epoch"], r["split"]) for r in a] == [(r["epoch"], r["split"]) for r in b]

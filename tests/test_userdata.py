@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +19,7 @@ from bitfit.errors import RunStopped, UserError
 from bitfit.metrics import baseline
 from bitfit.tasks import PREDICTIONS_FILE, get_task, task_definition
 from bitfit.userdata import load_files, read_table
-from conftest import GLUE_DIR, REPO, WORDS, accelerate_launch, needs_glue
+from conftest import GLUE_DIR, WORDS, needs_glue, two_processes_and_one
 from test_cli import read_jsonl, run_cli
 
 
@@ -342,13 +339,7 @@ def test_two_gloo_processes_train_a_task_of_files_as_one_process_does(reviews, t
     common = ["-t", "mine", "--train-file", str(train), "--validation-file", str(dev), "--test-file", str(test),
               "--predict-test", "--label-column", "stars", "-f", "full_ft", "-m", str(tiny_bert_dir), "-e", "2",
               "--no-group-by-length", "--no-verbose"]
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    two = subprocess.run([*accelerate_launch(2), str(REPO / "run_glue.py"), *common, "-b", "4", "-o",
-                          str(tmp_path / "two")], capture_output=True, text=True, timeout=300, env=env)
-    assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run([sys.executable, str(REPO / "run_glue.py"), *common, "-b", "8", "-o", str(tmp_path / "one")],
-                         capture_output=True, text=True, timeout=300, env=env)
-    assert one.returncode == 0, one.stderr[-3000:]
+    two_processes_and_one(common, tmp_path)
     assert json.loads((tmp_path / "two" / "config.json").read_text())["num_processes"] == 2
     a, b = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
     assert [(r["epoch"], r["split"], r.get("accuracy"), r.get("macro_f1")) for r in a] == \
