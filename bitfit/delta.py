@@ -484,7 +484,9 @@ def merge(d: Delta | str | os.PathLike, out: str | os.PathLike, base: str | None
     """Write base + delta as a standalone Hugging Face model folder (weights, config, tokenizer).
 
     ``AutoModelForSequenceClassification.from_pretrained(out)`` loads it with no dependency on this
-    tool, and its predictions equal the delta-applied model's exactly (the same tensors, saved).
+    tool, and its predictions equal the delta-applied model's exactly (the same tensors, saved); LoRA and
+    IA3 are folded into the weights by PEFT's ``merge`` (equal within float rounding: ``W + BA`` is summed
+    once); adapters are refused (one line: they add layers a plain model has no place for).
     Files appear whole: they are written to a temp folder beside ``out``, then moved in.
     """
     d = as_delta(d, allow_unverified)
