@@ -271,3 +271,19 @@ def test_a_ray_sweep_over_table_1s_methods_writes_the_runs_run_glue_would(tiny_b
         assert strip(read_jsonl(folder / "metrics.jsonl")) == strip(read_jsonl(ref / "metrics.jsonl")), method
         mine, theirs = load_file(folder / "delta.safetensors"), load_file(ref / "delta.safetensors")
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine), method
+
+
+def test_a_delta_of_layers_auto_k_rebuilds_only_the_picked_layers_modules(tmp_path, glue_dir, tiny_bert_dir):
+    """--layers auto:K picks the layers in a probe run: the delta's settings cannot say which, so its reader builds
+    the modules of every layer and keeps those the delta has tensors for."""
+    out = tmp_path / "run"
+    assert run_cli("-t", "rte", "-f", "lora", "--layers", "auto:1", "-m", tiny_bert_dir, "-o", out, "--data-dir",
+                   glue_dir, "-e", 2, "-l", "1e-2", "--predict-test", "--no-verbose") == 0
+    d = delta.read(out)
+    layers = {n.split(".layer.")[1].split(".")[0] for n in d.tensors if added.is_added(n)}
+    assert len(layers) == 1
+    model, _ = delta.load(d)
+    assert {n.split(".layer.")[1].split(".")[0] for n, _ in model.named_parameters() if added.is_added(n)} == layers
+    assert main(["predict", "--delta", str(out), "--input", str(glue_dir / "RTE" / "test.tsv"), "-o",
+                 str(tmp_path / "p.tsv"), "--no-verbose"]) == 0
+    assert (tmp_path / "p.tsv").read_text() == (out / "RTE.tsv").read_text()
