@@ -381,7 +381,15 @@ def measure(s: Settings, name: str) -> dict:
             "tokens_per_s": sum(b["input_ids"].numel() for b in timed) / seconds,
             "peak_mb": peak, "training_mb": peak - baseline, "checkpoint_bytes": _checkpoint_bytes(p, regime),
             "eval_samples_per_s": eval_rate, "epoch_seconds": p.n_train * seconds / samples + evaluated / eval_rate,
-            "non_embedding_params": sum(t.numel() for n, t in p.model.named_parameters() if "embeddings" not in n)}
+            "non_embedding_params": _non_embedding_params(p.model)}
+
+
+def _non_embedding_params(model) -> int:
+    """The model's own weights outside the embeddings (the arithmetic bound's count): a gated or masked tensor once,
+    not with its parametrization's tensors (diff_prune's difference and gates, sparse_mask's scores)."""
+    from .policies.anatomy import plain_params
+
+    return sum(t.numel() for n, t in plain_params(model).items() if "embeddings" not in n)
 
 
 def measure_in_fresh_process(s: Settings, name: str) -> dict:
@@ -498,6 +506,10 @@ def _checkpoint_bytes(p: Prepared, regime: Regime) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         if not regime.peer:
+            if p.selection.diffed:  # what a diff_prune run writes: the differences kept by the projection
+                from .policies.diff import gates
+
+                next(iter(gates(p.model).values())).group.project()
             path = Path(tmp, "delta.safetensors")
             delta.save(path, p.model, p.selection, p.new_params, p.cfg, p.task, epoch=0, base_fp="bench")
         elif regime.peer == "original":

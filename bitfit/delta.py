@@ -93,6 +93,8 @@ def encode(model: torch.nn.Module, sel) -> dict[str, torch.Tensor]:
             from .policies import diff
 
             gates = diff.gates(model)
+            if not all(g.group.fixed for g in gates.values()):
+                raise ValueError("diff_prune: a delta is written after the projection (the search's difference is dense)")
             for name in sel.diffed:
                 t = _tensor(model, name).detach().to("cpu")
                 idx = gates[name].log_alpha.detach().to("cpu").flatten().gt(0).nonzero().flatten().to(torch.int64)

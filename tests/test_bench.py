@@ -49,6 +49,9 @@ def test_added_module_regimes_and_peft_under_the_trainer_are_measured(tmp_path, 
     lora_bytes = 2 * 2 * 8 * (32 + 32) * 4
     assert rows["peft_lora_trainer"]["checkpoint_bytes"] > lora_bytes and rows["lora"]["checkpoint_bytes"] > lora_bytes
     assert rows["adapters"]["checkpoint_bytes"] > rows["lora"]["checkpoint_bytes"]
+    # diff_prune: the delta a run writes, after the projection (0.5% of the entries), never the dense search
+    assert rows["diff_prune"]["checkpoint_bytes"] < rows["adapters"]["checkpoint_bytes"]
+    assert rows["diff_prune"]["non_embedding_params"] == rows["lora"]["non_embedding_params"]  # the model's own
 
 
 def test_regimes_are_methods_of_the_registry():
