@@ -93,6 +93,8 @@ def save_trained(base_dir: Path, path: Path, task_name: str, policy: str, seed: 
         labels = torch.rand(4, generator=g) if task.is_regression else torch.randint(0, task.num_labels, (4,), generator=g)
         m(input_ids=ids, labels=labels).loss.backward()
         opt.step(), opt.zero_grad(), guard.after_step()
+    if sel.diffed:  # diff_prune writes its delta after the projection
+        guard.end_epoch(sel.diff_search_epochs)
     delta.save(path, m, sel, fresh, rc, task, epoch=1, base_fp=fp)
     return path, m.eval()
 
