@@ -507,9 +507,9 @@ def _checkpoint_bytes(p: Prepared, regime: Regime) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if not regime.peer:
             if p.selection.diffed:  # what a diff_prune run writes: the differences kept by the projection
-                from .policies.diff import gates
+                from .policies.diff import group_of
 
-                next(iter(gates(p.model).values())).group.project()
+                group_of(p.model).project()
             path = Path(tmp, "delta.safetensors")
             delta.save(path, p.model, p.selection, p.new_params, p.cfg, p.task, epoch=0, base_fp="bench")
         elif regime.peer == "original":

@@ -86,26 +86,29 @@ def encode(model: torch.nn.Module, sel) -> dict[str, torch.Tensor]:
             if mask is None:
                 out[name] = t.clone().contiguous()
             else:
-                idx = mask.flatten().nonzero().flatten().to(torch.int64)
-                out[f"{name}::indices"] = idx
-                out[f"{name}::values"] = t.flatten()[idx].clone()
+                _put_entries(out, name, t, mask)
         if sel.diffed:  # diff_prune: the kept entries, as partly trained tensors
             from .policies import diff
 
             gates = diff.gates(model)
-            if not all(g.group.fixed for g in gates.values()):
+            if not diff.group_of(model).fixed:
                 raise ValueError("diff_prune: a delta is written after the projection (the search's difference is dense)")
             for name in sel.diffed:
-                t = _tensor(model, name).detach().to("cpu")
-                idx = gates[name].log_alpha.detach().to("cpu").flatten().gt(0).nonzero().flatten().to(torch.int64)
-                if idx.numel():
-                    out[f"{name}::indices"] = idx
-                    out[f"{name}::values"] = t.flatten()[idx].clone()
+                keep = gates[name].kept().to("cpu")
+                if keep.any():
+                    _put_entries(out, name, _tensor(model, name).detach().to("cpu"), keep)
         masks = sparse.masks(model)
         for name in sel.masked:
             out[f"{name}::maskbits"] = sparse.pack_bits(masks[name])
             out[f"{name}::shape"] = torch.tensor(list(masks[name].shape), dtype=torch.int64)
     return out
+
+
+def _put_entries(out: dict[str, torch.Tensor], name: str, t: torch.Tensor, keep: torch.Tensor) -> None:
+    """``<name>::indices`` (flat, int64) and ``<name>::values``: the entries of ``t`` where ``keep``."""
+    idx = keep.flatten().nonzero().flatten().to(torch.int64)
+    out[f"{name}::indices"] = idx
+    out[f"{name}::values"] = t.flatten()[idx].clone()
 
 
 def _tensor(model: torch.nn.Module, name: str) -> torch.Tensor:

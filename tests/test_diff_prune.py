@@ -53,7 +53,7 @@ def test_search_then_projection_then_only_the_kept_differences_train(arch):
     assert set(gates) == set(sel.diffed) and sel.diffed
     expected = diff.L0_PENALTY * sum(torch.sigmoid(g.log_alpha).sum() for g in gates.values())
     assert torch.allclose(guard.penalty(), expected)  # log(-l / r) = 0 for (l, r) = (-1.5, 1.5)
-    opt = torch.optim.AdamW(guard.param_groups(m, 1e-2), lr=1e-2)
+    opt = torch.optim.AdamW(guard.param_groups(m), lr=1e-2)
     assert [g["lr"] for g in opt.param_groups] == [1e-2, diff.ALPHA_LR]
     steps(m, guard, opt, 4)
     for name, g in gates.items():  # the pretrained tensors never move; the difference and the gates do

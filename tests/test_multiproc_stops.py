@@ -316,9 +316,6 @@ class Counter:
     def after_step(self):
         pass
 
-    def after_step(self):
-        pass
-
 
 def fake_training(tolerate: int):
     losses = []

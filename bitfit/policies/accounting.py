@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .anatomy import _ADDED, ARCH_ROLES, LAYER, POOLER_BIAS, base_sizes, head_names, is_added, layer_of, ranges, rel_name, role_of
+from .anatomy import (ARCH_ROLES, LAYER, POOLER_BIAS, added_part, base_sizes, head_names, is_added, layer_of, ranges,
+                      rel_name, role_of)
 from .selection import Selection
 
 
@@ -26,9 +27,9 @@ def groups(model: nn.Module, names: list[str], sel: Selection) -> dict[str, list
         if name in head:
             label = "head"
         elif is_added(name):
-            module, _, _ = rel.partition("." + _ADDED.search(rel)[0].strip("."))
-            kind = _ADDED.search(rel)[0].strip(".")
-            label = f"{module[LAYER.search(module).end():] if LAYER.search(module) else module} {kind} (added)"
+            module, kind = added_part(rel)
+            in_layer = LAYER.search(module)
+            label = f"{module[in_layer.end():] if in_layer else module} {kind} (added)"
         elif role:
             label = f"{role} bias"
         elif i is None:
@@ -61,11 +62,11 @@ def _diff_kept(model: nn.Module, sizes: dict[str, int], sel: Selection) -> tuple
     budget (and its share of the entries inside the layers)."""
     if not sel.diffed:
         return 0, 0
-    from .diff import gates
+    from .diff import gates, group_of
 
-    found = gates(model)
-    if found and all(g.group.fixed for g in found.values()):
-        kept = {n: int((g.log_alpha.detach() > 0).sum()) for n, g in found.items()}
+    group = group_of(model)
+    if group is not None and group.fixed:
+        kept = {n: int(g.kept().sum()) for n, g in gates(model).items()}
         return sum(kept.values()), sum(k for n, k in kept.items() if layer_of(rel_name(model, n)) is not None)
     budget = diff_budget(sizes, sel)
     total = sum(sizes[n] for n in sel.diffed)
@@ -92,7 +93,7 @@ def trainable_counts(model: nn.Module, sel: Selection) -> dict[str, int]:
         "trained_in_layers": sum(_count(sel, sizes, n) for n in names
                                  if n not in head and layer_of(rel_name(model, n)) is not None) + kept_in_layers,
         "added": sum(sizes[n] for n in sel.added),
-        "total": sum(base_sizes(model).values()),
+        "total": sum(size for n, size in sizes.items() if not is_added(n)),
     }
 
 

@@ -128,6 +128,12 @@ def is_added(name: str) -> bool:
     return bool(_ADDED.search(name))
 
 
+def added_part(name: str) -> tuple[str, str]:
+    """An added parameter's module and kind: ``("...attention.self.query", "lora_A")``."""
+    found = _ADDED.search(name)
+    return name[:found.start()], found[0].strip(".")
+
+
 def canonical(name: str) -> str:
     """A base parameter's plain name under PEFT's wrapping (``query.base_layer.bias`` -> ``query.bias``)."""
     return name.replace(".base_layer.", ".")

@@ -47,7 +47,7 @@ class Guard:
         """Whether epoch ``epoch`` may be the run's best (diff_prune: not while its difference is dense)."""
         return self.diff is None or epoch > self.diff.search_epochs
 
-    def param_groups(self, model: nn.Module, lr: float) -> list:
+    def param_groups(self, model: nn.Module) -> list:
         """The optimizer's parameter groups: diff_prune's gates train at their own rate, without weight decay."""
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if self.diff is None:

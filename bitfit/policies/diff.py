@@ -63,6 +63,10 @@ class DiffGate(nn.Module):
     def forward(self, weight: Tensor) -> Tensor:
         return weight + (self.gate() * self.diff).to(weight.dtype)
 
+    def kept(self) -> Tensor:
+        """Bool mask of the entries whose difference is kept (after the projection: log_alpha > 0)."""
+        return self.log_alpha.detach() > 0
+
     @torch.no_grad()
     def deterministic(self) -> Tensor:
         return (torch.sigmoid(self.log_alpha) * (UPPER - LOWER) + LOWER).clamp(0, 1)
@@ -107,9 +111,6 @@ class DiffGroup:
         self.fixed = True
         return int(keep.sum())
 
-    def kept(self, gate: DiffGate) -> Tensor:
-        return gate.log_alpha.detach() > 0
-
 
 def attach(model: nn.Module, names: list[str], sparsity: float, search_epochs: int) -> DiffGroup:
     """Parametrize each named tensor as W0 + z * w; W0 frozen."""
@@ -132,6 +133,12 @@ def gates(model: nn.Module) -> dict[str, DiffGate]:
                     if isinstance(p, DiffGate):
                         found[f"{module_name}.{attr}" if module_name else attr] = p
     return found
+
+
+def group_of(model: nn.Module) -> DiffGroup | None:
+    """The model's gates' group (``attach`` makes one per model), None without gates."""
+    found = gates(model)
+    return next(iter(found.values())).group if found else None
 
 
 def is_alpha(name: str) -> bool:

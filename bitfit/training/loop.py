@@ -169,7 +169,7 @@ def start(su: Setup, started: float) -> Training:
                                            **loader_options(cfg.num_workers, accelerator.device))
     eval_names = [s.name for s in su.task.dev_splits] + (["train"] if cfg.eval_train else [])
     eval_dls = {n: _eval_loader(su, n) for n in eval_names}
-    optimizer = make_optimizer(cfg, guard.param_groups(model, cfg.learning_rate), accelerator.device)  # the params are still on the CPU here
+    optimizer = make_optimizer(cfg, guard.param_groups(model), accelerator.device)  # the params are still on the CPU here
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
     if accelerator.num_processes > 1:  # each process its own dropout stream (seed + rank); one process: as ever
         from accelerate.utils import set_seed
