@@ -241,6 +241,7 @@ def test_bad_options_are_one_line_and_write_nothing(tmp_path, glue_dir, tiny_ber
     assert not out.exists()
 
 
+@pytest.mark.cluster  # minutes on a CPU: with the other multi-process emulations (python -m pytest -m cluster)
 def test_two_gloo_processes_train_adapters_as_one_process_does(tmp_path, glue_dir, tiny_bert_dir):
     common = ["-t", "rte", "-f", "adapters", "--adapter-size", "4", "-m", str(tiny_bert_dir), "--data-dir",
               str(glue_dir), "-e", "2", "-l", "1e-2", "--predict-test", "--no-group-by-length", "--no-verbose"]
@@ -256,6 +257,7 @@ def test_two_gloo_processes_train_adapters_as_one_process_does(tmp_path, glue_di
         assert torch.allclose(da.tensors[k], db.tensors[k], rtol=1e-4, atol=1e-6), k
 
 
+@pytest.mark.cluster  # minutes on a CPU: with the other multi-process emulations (python -m pytest -m cluster)
 def test_a_ray_sweep_over_table_1s_methods_writes_the_runs_run_glue_would(tiny_bert_dir, glue_dir, tmp_path):
     from safetensors.torch import load_file
 

@@ -120,6 +120,7 @@ def test_runs_write_a_sparse_delta_that_predicts_and_merges_as_the_run(tmp_path,
     assert torch.allclose(logits(applied, inputs), logits(merged, inputs), rtol=0, atol=1e-5)
 
 
+@pytest.mark.cluster  # minutes on a CPU: with the other multi-process emulations (python -m pytest -m cluster)
 def test_two_gloo_processes_search_project_and_write_one_sparse_delta(tmp_path, glue_dir, tiny_bert_dir):
     """Under DDP every process draws its own gates (seed + rank), so two processes do not equal one; what must
     hold: the run completes past the projection (the fixed gates keep a zero gradient for DDP), the delta is

@@ -77,7 +77,7 @@ def test_learning_rate_chosen_by_mean_dev_over_seeds_and_reported_with_std(tmp_p
     runs = tmp_path / "runs"
     for seed, main in enumerate((0.70, 0.60, 0.65)):  # lr 1e-3: the best single run, but mean 0.65
         fake_run(runs, f"bitfit/lr1e-3_s{seed}", lr=1e-3, seed=seed, main=main)
-    for seed, main in enumerate((0.66, 0.68)):  # lr 4e-4: mean 0.67 wins
+    for seed, main in enumerate((0.66, 0.68, 0.67)):  # lr 4e-4: mean 0.67 wins
         fake_run(runs, f"bitfit/lr4e-4_s{seed}", lr=4e-4, seed=seed, main=main)
     fake_run(runs, "full/lr2e-5", lr=2e-5, main=0.72, fine_tune_type="full_ft", epochs=3)
     fake_run(runs, "qi/mrpc", task="mrpc", main=0.80, bias_terms=["intermediate", "query"])
@@ -86,8 +86,8 @@ def test_learning_rate_chosen_by_mean_dev_over_seeds_and_reported_with_std(tmp_p
     cells, more = select(found)
     assert skipped == more == []
     rte = next(c for c in cells if c.key.method == "bitfit" and c.key.task == "rte")
-    assert rte.lr == 4e-4 and [r.seed for r in rte.runs] == [0, 1]
-    assert rte.main().mean == pytest.approx(0.67) and rte.main().std == pytest.approx(0.0141421, rel=1e-4)
+    assert rte.lr == 4e-4 and [r.seed for r in rte.runs] == [0, 1, 2]
+    assert rte.main().mean == pytest.approx(0.67) and rte.main().std == pytest.approx(0.01, rel=1e-4)
     assert rte.main(1e-3).mean == pytest.approx(0.65) and rte.main(1e-3).n == 3
 
     out = write_report([runs], tmp_path / "out", deltas=False)
@@ -100,14 +100,32 @@ def test_learning_rate_chosen_by_mean_dev_over_seeds_and_reported_with_std(tmp_p
     assert rows["trivial baseline (majority class; STS-B: a constant)"].endswith("| 81.2 / 68.4 | 52.7 | 67.0 |")
     assert "MRPC (F1 / acc)" in rows["method"] and "RTE (acc)" in rows["method"]
     # one seed: no ±; a cell with fewer seeds than the table's most says how many it has
-    assert "| 67.0 ± 1.4 |" in rows["bitfit"] and "| 72.0 (1 seed) |" in rows["full_ft"]
+    assert "| 67.0 ± 1.0 |" in rows["bitfit"] and "| 72.0 (1 seed) |" in rows["full_ft"]
     assert "| 80.0 / 70.0 (1 seed) |" in rows["bitfit (query, intermediate)"]
-    assert "\n\nSeeds per cell: 2, or as many as the cell says.\n" in text
-    assert "0.0004 (2 seeds of 2 rates)" in text
+    assert "\n\nSeeds per cell: 3, or as many as the cell says.\n" in text
+    assert "0.0004 (3 seeds of 2 rates)" in text
     grid = (tmp_path / "out" / "grid.md").read_text()
-    assert "**0.0004**" in grid and "**67.0 ± 1.4**" in grid and "65.0 ± 5.0" in grid
+    assert "**0.0004**" in grid and "**67.0 ± 1.0**" in grid and "65.0 ± 5.0" in grid
     assert len(list((tmp_path / "out" / "figures").glob("curves_*.png"))) == 3
     assert "None: every run folder found was used." in text
+
+
+def test_a_rate_on_one_lucky_seed_does_not_beat_a_rate_confirmed_on_three(tmp_path):
+    # the two-stage protocol: every rate on seed 0, then seeds 1 and 2 at seed 0's best; a rate left at
+    # one seed is shown in grid.md but cannot win, in the report and in the sweep's summary alike
+    from bitfit.sweep.summary import best_rate_lines
+    runs = tmp_path / "runs"
+    paths = [fake_run(runs, "bitfit/lr1e-4_s0", lr=1e-4, seed=0, main=0.80)]  # one seed, the best number
+    paths += [fake_run(runs, f"bitfit/lr1e-3_s{seed}", lr=1e-3, seed=seed, main=main)
+              for seed, main in enumerate((0.75, 0.65, 0.70))]  # mean 0.70 over 3 seeds
+    (g,), _ = select(collect([runs])[0])
+    assert g.eligible == [1e-3] and g.lr == 1e-3 and g.main().mean == pytest.approx(0.70)
+    assert g.main(1e-4).mean == pytest.approx(0.80)  # still there, for grid.md
+    line = next(x for x in best_rate_lines(paths) if "RTE" in x)
+    assert "lr 0.001 -> accuracy 0.7000 (3 seeds)" in line, line
+    write_report([runs], tmp_path / "out", deltas=False)
+    grid = (tmp_path / "out" / "grid.md").read_text()
+    assert "**0.001**" in grid and "| 0.0001 | 80.0" in grid, grid
 
 
 def test_methods_in_the_papers_order_bias_subsets_by_size(tmp_path):

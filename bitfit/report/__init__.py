@@ -15,7 +15,8 @@ Every folder under the roots that holds a run (``config.json`` of a run, ``resul
 ``metrics.jsonl``) is read. Runs group by (method, task, model, ``--max-train-samples``), where the
 method is the fine-tune type with its bias terms and layers, e.g. ``bitfit (query, intermediate)``.
 Within a group the learning rate with the best mean dev main metric over seeds is chosen (ties: the
-smaller rate), and the table shows that rate's mean ± sample std over seeds (a cell with fewer seeds
+smaller rate) among the rates with the most seeds (every rate on seed 0, then more seeds at the best:
+the one-seed rates are shown in grid.md but cannot win on one lucky seed), and the table shows that rate's mean ± sample std over seeds (a cell with fewer seeds
 than the table's most says how many it has). A run is left out, and listed with the reason, when it
 is incomplete (no results, interrupted), failed (diverged, broken), a duplicate, or its settings
 (epochs, batch size, ...) differ from the rest of its group, which are never silently mixed: the

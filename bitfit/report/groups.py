@@ -9,7 +9,9 @@
 Runs group by ``GroupKey`` (model, ``--max-train-samples``, task, method). Runs of a group whose
 settings (epochs, batch size, ...) differ from those most of the group share are left out, never
 mixed; so is a second run of the same learning rate and seed. Within a group the learning rate with
-the best mean dev main metric over seeds is chosen (ties: the smaller rate).
+the best mean dev main metric over seeds is chosen (ties: the smaller rate), among the rates with the
+most seeds: a rate run on one seed never wins on one lucky seed over a rate confirmed on three (the
+two-stage protocol of docs/SWEEPS.md: every rate on seed 0, then more seeds at the best).
 """
 
 from __future__ import annotations
@@ -50,8 +52,14 @@ class RunGroup:
     lr: float = field(init=False)  # the learning rate with the best mean dev main metric (ties: the smaller)
 
     def __post_init__(self):
-        means = {lr: mean_std([r.main for r in runs]).mean for lr, runs in self.by_lr.items()}
+        means = {lr: mean_std([r.main for r in self.by_lr[lr]]).mean for lr in self.eligible}
         self.lr = min(means, key=lambda lr: (-means[lr], lr))
+
+    @property
+    def eligible(self) -> list[float]:
+        """The rates that may be chosen: those with the most seeds (all of them when every rate has as many)."""
+        most = max(len(runs) for runs in self.by_lr.values())
+        return [lr for lr, runs in self.by_lr.items() if len(runs) == most]
 
     @property
     def runs(self) -> list[Run]:

@@ -171,7 +171,7 @@ def grid_lines(groups: list[RunGroup]) -> list[str]:
     """grid.md: every learning rate of every group, the evidence behind each choice."""
     lines = ["# Every learning rate tried", "",
              "Dev main metric at the best epoch (×100), mean ± sample std over seeds; **bold**: the rate the "
-             "tables use (best mean; ties go to the smaller rate).", ""]
+             "tables use (best mean among the rates with the most seeds; ties go to the smaller rate).", ""]
     order = method_order(groups)
     for g in sorted(groups, key=lambda g: (g.key.model, g.key.max_train_samples or 0, task_order(g.key.task),
                                            order(g.key.method))):

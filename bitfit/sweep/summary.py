@@ -28,9 +28,10 @@ def _baseline(g) -> tuple[float, str] | None:
 
 def group_line(g) -> str:
     """The best learning rate of one group among the rates whose mean dev main metric beats the trivial
-    baseline; a group where none does says so; ties are named."""
+    baseline (and, as the report, among the rates with the most seeds); a group where none does says so;
+    ties are named."""
     metric = g.task.main_metric
-    means = {lr: g.main(lr) for lr in g.by_lr}
+    means = {lr: g.main(lr) for lr in g.eligible}
     base = _baseline(g)
     learned = {lr: m for lr, m in means.items() if base is None or m.mean > base[0]}
     best_any = min(means, key=lambda lr: (-means[lr].mean, lr))
