@@ -73,7 +73,7 @@ class Part:
 
     kind: str  # WHOLE, ENTRIES or MASK
     tensor: torch.Tensor | None = None  # WHOLE: the new tensor
-    indices: torch.Tensor | None = None  # ENTRIES: flat int64 indices; MASK: flat indices of zeroed entries
+    indices: torch.Tensor | None = None  # ENTRIES: flat int64 indices (as parsed); MASK: flat indices of zeroed entries
     values: torch.Tensor | None = None  # ENTRIES: the new values there
 
 
@@ -104,10 +104,15 @@ def encode(model: torch.nn.Module, sel) -> dict[str, torch.Tensor]:
     return out
 
 
+INT32_MAX = 2**31 - 1
+
+
 def _put_entries(out: dict[str, torch.Tensor], name: str, t: torch.Tensor, keep: torch.Tensor) -> None:
-    """``<name>::indices`` (flat, int64) and ``<name>::values``: the entries of ``t`` where ``keep``."""
-    idx = keep.flatten().nonzero().flatten().to(torch.int64)
-    out[f"{name}::indices"] = idx
+    """``<name>::indices`` (flat; int32 when the tensor has under 2**31 entries, as every encoder tensor
+    has, else int64) and ``<name>::values``: the entries of ``t`` where ``keep``. int32 halves the
+    indices, two thirds of a sparse delta's bytes; ``parse`` reads either."""
+    idx = keep.flatten().nonzero().flatten()
+    out[f"{name}::indices"] = idx.to(torch.int32 if t.numel() <= INT32_MAX else torch.int64)
     out[f"{name}::values"] = t.flatten()[idx].clone()
 
 
@@ -164,6 +169,9 @@ def _part(name: str, got: dict[str, torch.Tensor], param: torch.Tensor, where: s
     if set(got) == {""}:
         return Part(WHOLE, tensor=got[""])
     if set(got) == {"indices", "values"}:
+        if got["indices"].dtype not in (torch.int32, torch.int64):
+            raise UserError(f"{where}: {name!r} has {str(got['indices'].dtype).removeprefix('torch.')} indices; "
+                            "accepted: int32 or int64")
         indices, values = got["indices"].to(torch.int64).flatten(), got["values"].flatten()
         if indices.numel() != values.numel() or (indices.numel() and not (0 <= int(indices.min()) and
                                                                           int(indices.max()) < param.numel())):

@@ -109,7 +109,25 @@ def test_delta_of_each_policy_holds_its_packed_form(tmp_path, tiny_bert_dir):
         kinds = {k.partition("::")[2] for k in keys}
         assert kinds == {"bitfit": {""}, "rand_uniform": {"", "indices", "values"}, "sparse_mask": {"", "maskbits", "shape"},
                          "full_ft": {""}}[policy]
+        # int32 indices: a tensor of the encoder has far fewer than 2**31 entries
+        assert {delta.read(path).tensors[k].dtype for k in keys if k.endswith("::indices")} <= {torch.int32}
     assert sizes["bitfit"] < sizes["sparse_mask"] < sizes["full_ft"]
+
+
+def test_int64_indices_of_an_earlier_delta_apply_as_the_int32_ones_do(tmp_path, tiny_bert_dir):
+    path = synthetic_delta(tiny_bert_dir, tmp_path / "r" / "delta.safetensors", policy="rand_uniform")
+    d = delta.read(path)
+    wide = {k: (t.to(torch.int64) if k.endswith("::indices") else t) for k, t in load_file(path).items()}
+    old = tmp_path / "old" / "delta.safetensors"
+    old.parent.mkdir()
+    meta = dict(d.meta, tensors_sha256=delta.tensors_digest(wide))  # as an earlier version wrote and signed it
+    save_file(wide, old, metadata=meta | {"digest": delta.delta_digest(meta)})
+    assert any(t.dtype == torch.int64 for k, t in delta.read(old).tensors.items() if k.endswith("::indices"))
+    assert old.stat().st_size > path.stat().st_size
+    a, _ = delta.load(path)
+    b, _ = delta.load(old)
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
 
 
 # ---------------------------------------------------------------------------------------------- refusing other bases

@@ -193,7 +193,7 @@ def test_metadata_edited_without_recomputing_the_digest_is_refused(tmp_path, goo
     refused_everywhere(path, tiny_bert_dir, tmp_path, "metadata does not match the digest")
 
 
-def _as_entries(tensors: dict, name: str, indices: list[int]) -> None:
+def _as_entries(tensors: dict, name: str, indices: list) -> None:
     if name in tensors:
         del tensors[name]
         tensors[f"{name}::indices"] = torch.tensor(indices)
@@ -205,6 +205,8 @@ def _as_entries(tensors: dict, name: str, indices: list[int]) -> None:
     (lambda m, t: m.__setitem__("labels", "7"), "metadata 'labels' is not a JSON list"),
     (lambda m, t: m.__setitem__("policy", "magic"), "policy 'magic' is unknown"),
     (lambda m, t: _as_entries(t, "bert.encoder.layer.0.output.dense.bias", [0, 10**6]), "outside 0..31"),
+    (lambda m, t: _as_entries(t, "bert.encoder.layer.0.output.dense.bias", [0.0, 1.0]),
+     "has float32 indices; accepted: int32 or int64"),
 ])
 def test_malformed_delta_metadata_is_one_line(tmp_path, good_delta, tiny_bert_dir, edit, message):
     path = tampered(good_delta, tmp_path / "bad.safetensors", edit_meta=lambda m: edit(m, {}),
