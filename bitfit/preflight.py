@@ -68,9 +68,10 @@ def file_format(path: str | Path) -> str:
     return kind
 
 
-def check_files(cfg) -> None:
-    """The run's data files exist and have a known extension (before torch, before folders)."""
-    for attr, flag in FILE_FLAGS.items():
+def check_files(cfg, flags: dict[str, str] = FILE_FLAGS) -> None:
+    """The run's data files exist and have a known extension (before torch, before folders). ``flags`` names each
+    file as the user gave it (run_glue's flags by default; a sweep file's keys in a sweep)."""
+    for attr, flag in flags.items():
         path = getattr(cfg, attr)
         if path is None:
             continue

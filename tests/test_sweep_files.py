@@ -76,7 +76,7 @@ def test_dry_run_lists_the_runs_of_a_task_given_as_files(tmp_path, capsys, monke
                                          "out/minilm/full/reviews/bitfit/lr1e-3_seed1"]
     assert rows[-1] == ["4 runs: 4 to start"]
     # the files are not there yet: a real sweep would stop, and the dry run says why, naming the task
-    assert "task 'reviews' of the sweep: --train-file 'data/train.csv': not found" in printed.err
+    assert "task 'reviews' of the sweep: train_file 'data/train.csv': not found" in printed.err
     assert not (tmp_path / "out").exists()
 
 
@@ -121,9 +121,9 @@ CSV_TASK = "{name: reviews, train_file: data/train.csv, validation_file: data/de
     ("reviews]", "task 'reviews' is not a GLUE task; accepted: cola, sst2"),
     (CSV_TASK + "}, " + CSV_TASK + ", label_column: stars}]", "has two tasks named 'reviews'; accepted: one entry per name"),
     ("{name: reviews, train_file: data/missing.csv, validation_file: data/dev.csv}]",
-     "task 'reviews' of the sweep: --train-file 'data/missing.csv': not found"),
+     "task 'reviews' of the sweep: train_file 'data/missing.csv': not found"),
     ("{name: reviews, train_file: data/train.csv, validation_file: data/folder.csv}]",
-     "task 'reviews' of the sweep: --validation-file 'data/folder.csv': a folder"),
+     "task 'reviews' of the sweep: validation_file 'data/folder.csv': a folder"),
     ("{name: reviews, train_file: data/train.txt, validation_file: data/dev.csv}]", "data/train.txt"),
 ])
 def test_a_bad_task_entry_is_one_line_exit_2_and_nothing_written(tasks_yaml, words, tmp_path, capsys, monkeypatch,

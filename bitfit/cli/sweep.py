@@ -183,6 +183,7 @@ def _check_inputs(trials) -> None:
     """Before Ray starts: a local model exists, the data folder has each GLUE task's training file, and each task
     given as files has its files (``userdata.check_files``)."""
     from ..models import resolve_model
+    from ..sweep.grid import FILE_KEYS
     from ..userdata import check_files
 
     settings = trials[0].settings
@@ -193,7 +194,7 @@ def _check_inputs(trials) -> None:
     for name, t in first.items():
         if t.settings.get("train_file") is not None:
             try:
-                check_files(t.config())
+                check_files(t.config(), {k: k for k in FILE_KEYS})  # named as the sweep file's keys
             except UserError as e:
                 raise UserError(f"task {name!r} of the sweep: {e}") from None
     glue = [t for t in first.values() if t.settings.get("train_file") is None]
