@@ -85,6 +85,8 @@ REGIMES: dict[str, Regime] = {
     "hf_trainer_best": Regime("bitfit", "the same Trainer at its best (dynamic padding, group_by_length)",
                               peer="trainer"),
     "lora": Regime("lora", "LoRA (PEFT's layers; rank 8, alpha 8 on query and value), this tool's loop"),
+    "lora_native": Regime("lora", "lora with --no-fast-cpu-ops (PyTorch's dropout and attention)",
+                          {"fast_cpu_ops": False}),
     "ia3": Regime("ia3", "IA3 (PEFT's layers on key, value and the feed-forward output), this tool's loop"),
     "diff_prune": Regime("diff_prune", "Diff-Pruning's search phase (every encoder entry gated, L0 penalty), "
                          "this tool's loop"),

@@ -54,6 +54,18 @@ def test_added_module_regimes_and_peft_under_the_trainer_are_measured(tmp_path, 
     assert rows["diff_prune"]["non_embedding_params"] == rows["lora"]["non_embedding_params"]  # the model's own
 
 
+@pytest.mark.parametrize("name, fast", [("lora", True), ("lora_native", False), ("bitfit_native", False)])
+def test_native_regimes_measure_pytorchs_dropout_the_others_the_fast_cpu_ops(name, fast, tmp_path, tiny_bert_dir):
+    from torch import nn
+
+    from bitfit.fastops import FastDropout
+
+    s = bench.Settings(model=str(tiny_bert_dir), data_dir=str(make_glue_dir(tmp_path / "glue")), task="rte",
+                       max_seq_length=64, device="cpu", out=str(tmp_path / "bench"))
+    kinds = {type(m) for m in bench.prepare(s, name, "cpu").model.modules() if isinstance(m, nn.Dropout)}
+    assert kinds == ({FastDropout} if fast else {nn.Dropout}), name
+
+
 def test_regimes_are_methods_of_the_registry():
     for name, regime in bench.REGIMES.items():
         assert regime.method in METHODS, name
