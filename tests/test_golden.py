@@ -43,6 +43,7 @@ def read_run(out) -> tuple[list[dict], list[dict], dict]:
             load_file(str(out / "delta.safetensors")))
 
 
+@pytest.mark.slow
 @needs_glue("RTE")
 def test_fixed_seed_rte_run_learns_what_the_reference_learned(tmp_path):
     out = tmp_path / "rte"

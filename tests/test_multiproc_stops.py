@@ -171,6 +171,7 @@ def faulty(tmp_path, fault: str, at: int, rank: int = 1):
     return script, {"FAULT": fault, "FAULT_AT": str(at), "FAULTY_RANK": str(rank)}
 
 
+@pytest.mark.cluster
 def test_a_nan_on_one_process_stops_both_at_the_same_step_with_one_status(tmp_path, tiny_bert_dir, glue_dir):
     script, env = faulty(tmp_path, "nan", at=9)  # rank 1's 9th training batch: epoch 2, step 9
     out = tmp_path / "run"
@@ -186,6 +187,7 @@ def test_a_nan_on_one_process_stops_both_at_the_same_step_with_one_status(tmp_pa
     assert json.loads((out / "checkpoint" / "state.json").read_text())["epoch"] == 1
 
 
+@pytest.mark.cluster
 def test_a_signal_to_one_process_stops_both_resumable_and_the_resume_completes(tmp_path, tiny_bert_dir, glue_dir):
     script, env = faulty(tmp_path, "sigterm", at=8)  # rank 1 only, during epoch 2
     out = tmp_path / "run"

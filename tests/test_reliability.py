@@ -307,6 +307,7 @@ def test_remote_code_is_not_run_unless_asked(tmp_path, tiny_bert_dir, glue_dir, 
 # ----------------------------------------------------------------------------- data parallel
 
 
+@pytest.mark.cluster
 def test_two_cpu_processes_match_one_process_on_the_same_global_batch(tmp_path, tiny_bert_dir, glue_dir):
     common = ["-t", "rte", "-f", "full_ft", "-m", str(tiny_bert_dir), "--data-dir", str(glue_dir), "-e", "2",
               "--no-group-by-length", "--predict-test", "--no-verbose"]

@@ -199,6 +199,7 @@ def test_cli_bad_flags_for_one_delta(tiny_runs, tmp_path, capsys, argv, message)
 # ---------------------------------------------------------------------------------------------- MiniLM, real GLUE
 
 
+@pytest.mark.slow
 @needs_glue("RTE")
 @needs_glue("STS-B")
 def test_minilm_on_real_rte_and_stsb_predicts_from_the_delta_what_the_run_wrote(tmp_path):

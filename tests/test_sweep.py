@@ -276,6 +276,7 @@ def test_running_the_sweep_again_trains_nothing_and_touches_nothing(swept, tiny_
     assert snapshot(root / "out") == before
 
 
+@pytest.mark.cluster  # a minute of Ray sweeps run again: with the other sweep emulations (python -m pytest -m cluster)
 def test_rerun_resumes_interrupted_restarts_broken_and_reports_a_failing_trial(swept, tiny_bert_dir, capsys):
     root, glue, _ = swept
     work = root / "rerun"

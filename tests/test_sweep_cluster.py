@@ -1,6 +1,6 @@
 """python -m bitfit sweep where users run it, emulated on a CPU box (the tests marked ``cluster`` take a few
 minutes and run apart: python -m pytest -m cluster; .ci/run runs them after the default suite): GPUs declared to Ray (Ray sets each
-trial's CUDA_VISIBLE_DEVICES as on a GPU box), a second Ray node that cannot see the output folder
+trial's CUDA_VISIBLE_DEVICES as on a GPU box; eight runs at half a GPU, two per GPU), a second Ray node that cannot see the output folder
 (its own mount namespace), requests no node can meet, an address where no cluster answers, two sweeps
 into one output root at once, an ASHA sweep run again, the driver killed with SIGKILL, and the
 niceness trials run at."""
@@ -49,6 +49,7 @@ def four_declared_gpus(monkeypatch):
     monkeypatch.setattr(driver, "LOCAL_INIT", {"num_gpus": 4, "num_cpus": 8})
 
 
+@pytest.mark.cluster
 def test_eight_runs_at_half_a_gpu_are_packed_by_ray_two_per_gpu(four_declared_gpus, tiny_bert_dir, tmp_path, capsys):
     glue = make_glue_dir(tmp_path / "glue", n_train=16, n_dev=8)
     out = tmp_path / "out"

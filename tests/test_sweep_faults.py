@@ -1,7 +1,7 @@
 """python -m bitfit sweep under faults and at scale, each a real sweep through Ray: the driver stopped
 with SIGTERM, a trial's worker killed with SIGKILL, a diverging trial, ASHA cutting hopeless runs, and
-one sweep over two Ray nodes through --address. (Its own file so that a parallel test run can put it
-beside tests/test_sweep.py.)"""
+one sweep over two Ray nodes through --address. Marked ``cluster`` (python -m pytest -m cluster), as
+the other emulations of GPU boxes and clusters."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from test_cli import make_glue_dir, read_jsonl
 from test_sweep import snapshot, sweep
 
 from bitfit.runstate import read_state
+
+pytestmark = pytest.mark.cluster  # minutes of real Ray sweeps under faults: CI runs them after the default suite
 
 
 def test_asha_stops_hopeless_runs_which_the_report_marks_and_never_counts(tiny_bert_dir, tmp_path, capsys,

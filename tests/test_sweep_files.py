@@ -270,6 +270,7 @@ def test_the_summary_knows_a_task_given_as_files_from_its_runs_config(mixed, tin
     assert snapshot(root / "out") == before
 
 
+@pytest.mark.cluster  # a minute of ASHA sweeps: with the other sweep emulations (python -m pytest -m cluster)
 def test_asha_cuts_runs_of_a_task_given_as_files_on_its_main_metric_and_a_plain_rerun_completes_them(
         tmp_path, tiny_bert_dir, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

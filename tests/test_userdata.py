@@ -334,6 +334,7 @@ def test_a_task_of_files_resumes_bit_for_bit_and_refuses_files_that_changed(revi
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.cluster
 def test_two_gloo_processes_train_a_task_of_files_as_one_process_does(reviews, tmp_path, tiny_bert_dir):
     train, dev, test = reviews
     common = ["-t", "mine", "--train-file", str(train), "--validation-file", str(dev), "--test-file", str(test),
